@@ -1,0 +1,168 @@
+"""Crystal data structures and conversion to/from pymatgen and ASE.
+
+A crystal is M = (A, F, L): atomic numbers A (N,), fractional coordinates F in [0, 1)^(N×3) and a
+lattice L (3×3, rows are lattice vectors, Cartesian X = F·L). :class:`Crystal` holds one crystal in
+numpy; :class:`CrystalBatch` packs many crystals of different N into flat torch tensors with a
+per-atom crystal index, the layout every model in DAO consumes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from dao.errors import StructureReadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from ase import Atoms
+    from pymatgen.core import Structure
+
+
+def canonical_lattice(matrix: np.ndarray) -> np.ndarray:
+    """Rotate a lattice into pymatgen's ``Lattice.from_parameters`` orientation (same a, b, c, α, β, γ).
+
+    Fractional coordinates are unchanged by a rotation of the lattice, so this only fixes the
+    arbitrary orientation of the Cartesian frame.
+    """
+    from pymatgen.core import Lattice
+
+    lat = Lattice(matrix)
+    return np.asarray(Lattice.from_parameters(*lat.abc, *lat.angles).matrix, dtype=np.float64)
+
+
+@dataclass
+class Crystal:
+    """One periodic crystal: atomic numbers, fractional coordinates, lattice rows, optional metadata."""
+
+    atomic_numbers: np.ndarray  # (N,) int
+    frac_coords: np.ndarray  # (N, 3) float in [0, 1)
+    lattice: np.ndarray  # (3, 3) float, rows are lattice vectors in Å
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=np.int64).reshape(-1)
+        self.frac_coords = np.asarray(self.frac_coords, dtype=np.float64).reshape(-1, 3) % 1.0
+        self.lattice = np.asarray(self.lattice, dtype=np.float64).reshape(3, 3)
+        if len(self.atomic_numbers) != len(self.frac_coords):
+            raise StructureReadError("atomic numbers and coordinates have different lengths")
+
+    @property
+    def num_atoms(self) -> int:
+        return int(len(self.atomic_numbers))
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.lattice)))
+
+    @classmethod
+    def from_structure(cls, structure: "Structure", niggli: bool = True, meta: dict | None = None) -> "Crystal":
+        """Convert a pymatgen Structure (ordered, 3-D periodic). Niggli-reduce and orient canonically."""
+        if not structure.is_ordered:
+            raise StructureReadError("disordered structure (partial occupancies) is not supported")
+        if len(structure) == 0:
+            raise StructureReadError("structure has no atoms")
+        s = structure
+        if niggli:
+            try:
+                s = structure.get_reduced_structure("niggli")
+            except Exception as exc:  # degenerate lattices make the reduction fail
+                raise StructureReadError(f"Niggli reduction failed: {exc}") from None
+        lattice = canonical_lattice(s.lattice.matrix)
+        if not np.all(np.isfinite(lattice)) or abs(np.linalg.det(lattice)) < 1e-6:
+            raise StructureReadError("degenerate lattice")
+        numbers = np.array([site.specie.Z for site in s], dtype=np.int64)
+        return cls(numbers, s.frac_coords, lattice, dict(meta or {}))
+
+    def to_structure(self) -> "Structure":
+        from pymatgen.core import Lattice, Structure
+
+        return Structure(Lattice(self.lattice), [int(z) for z in self.atomic_numbers], self.frac_coords)
+
+    @classmethod
+    def from_atoms(cls, atoms: "Atoms", niggli: bool = True, meta: dict | None = None) -> "Crystal":
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        if not all(atoms.pbc):
+            raise StructureReadError("ASE Atoms must be periodic in all three directions")
+        return cls.from_structure(AseAtomsAdaptor.get_structure(atoms), niggli=niggli, meta=meta)
+
+    def to_atoms(self) -> "Atoms":
+        from ase import Atoms
+
+        return Atoms(numbers=self.atomic_numbers, scaled_positions=self.frac_coords, cell=self.lattice, pbc=True)
+
+
+@dataclass
+class CrystalBatch:
+    """Many crystals packed flat: ``atom_types`` (Nt,), ``frac`` (Nt, 3), ``lattice`` (B, 3, 3),
+    ``num_atoms`` (B,), ``batch`` (Nt,) crystal index of every atom. Optional per-crystal ``energy``
+    (B,) with NaN for unlabelled entries."""
+
+    atom_types: "torch.Tensor"
+    frac: "torch.Tensor"
+    lattice: "torch.Tensor"
+    num_atoms: "torch.Tensor"
+    batch: "torch.Tensor"
+    energy: "torch.Tensor | None" = None
+
+    @property
+    def num_crystals(self) -> int:
+        return int(self.num_atoms.shape[0])
+
+    @classmethod
+    def from_crystals(cls, crystals: Sequence[Crystal], energy_key: str | None = None) -> "CrystalBatch":
+        import torch
+
+        if len(crystals) == 0:
+            raise ValueError("cannot batch zero crystals")
+        num_atoms = torch.tensor([c.num_atoms for c in crystals], dtype=torch.long)
+        energy = None
+        if energy_key is not None:
+            energy = torch.tensor([float(c.meta.get(energy_key, math.nan)) for c in crystals], dtype=torch.float32)
+        return cls(
+            atom_types=torch.from_numpy(np.concatenate([c.atomic_numbers for c in crystals])),
+            frac=torch.from_numpy(np.concatenate([c.frac_coords for c in crystals])).float(),
+            lattice=torch.from_numpy(np.stack([c.lattice for c in crystals])).float(),
+            num_atoms=num_atoms,
+            batch=torch.repeat_interleave(torch.arange(len(crystals)), num_atoms),
+            energy=energy,
+        )
+
+    @classmethod
+    def from_compositions(cls, compositions: Sequence[Sequence[int]], device: "torch.device | str" = "cpu") -> "CrystalBatch":
+        """A batch with atom types set and placeholder coordinates/lattices (for sampling)."""
+        import torch
+
+        types = [torch.as_tensor(list(c), dtype=torch.long) for c in compositions]
+        num_atoms = torch.tensor([len(t) for t in types], dtype=torch.long)
+        nt = int(num_atoms.sum())
+        return cls(
+            atom_types=torch.cat(types).to(device),
+            frac=torch.zeros(nt, 3, device=device),
+            lattice=torch.eye(3, device=device).expand(len(types), 3, 3).clone(),
+            num_atoms=num_atoms.to(device),
+            batch=torch.repeat_interleave(torch.arange(len(types)), num_atoms).to(device),
+        )
+
+    def replace(self, **changes: Any) -> "CrystalBatch":
+        fields = dict(self.__dict__)
+        fields.update(changes)
+        return CrystalBatch(**fields)
+
+    def to(self, device: "torch.device | str") -> "CrystalBatch":
+        return CrystalBatch(**{k: (v.to(device) if v is not None else None) for k, v in self.__dict__.items()})
+
+    def crystals(self) -> list[Crystal]:
+        """Split back into :class:`Crystal` objects (on CPU, float64)."""
+        types = self.atom_types.detach().cpu().numpy()
+        frac = self.frac.detach().cpu().double().numpy()
+        lat = self.lattice.detach().cpu().double().numpy()
+        bounds = np.concatenate([[0], np.cumsum(self.num_atoms.cpu().numpy())])
+        return [Crystal(types[a:b], frac[a:b], lat[i]) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def structures_to_crystals(structures: Iterable["Structure"], niggli: bool = True) -> list[Crystal]:
+    return [Crystal.from_structure(s, niggli=niggli) for s in structures]

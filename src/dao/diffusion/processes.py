@@ -1,0 +1,94 @@
+"""Forward noise processes and their reverse steps, independent of any network (DESIGN §3).
+
+Each process owns its schedule and exposes ``add_noise`` (training targets) and reverse ``step``
+functions (sampling). Time is an integer index t ∈ {1..T}; the network sees t / T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dao.diffusion import wrapped_normal
+from dao.diffusion.schedules import cosine_alpha_bar, geometric_sigmas
+
+
+class LatticeDDPM:
+    """DDPM on the raw 3×3 lattice with a cosine schedule: L_t = √ᾱ_t L_0 + √(1−ᾱ_t) ε; the model predicts ε."""
+
+    def __init__(self, num_steps: int = 1000, s: float = 0.008) -> None:
+        self.num_steps = num_steps
+        ab = cosine_alpha_bar(num_steps, s)
+        self.alpha_bar = ab.float()
+        self.alpha = torch.cat([torch.ones(1, dtype=torch.float64), ab[1:] / ab[:-1]]).float()
+        self.beta = 1 - self.alpha
+
+    def add_noise(self, lattice0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None):
+        """Return (L_t, ε) for per-crystal integer times t (B,)."""
+        noise = torch.randn_like(lattice0) if noise is None else noise
+        ab = self.alpha_bar.to(lattice0.device)[t].view(-1, 1, 1)
+        return ab.sqrt() * lattice0 + (1 - ab).sqrt() * noise, noise
+
+    def step(self, lattice_t: torch.Tensor, eps_pred: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor,
+             energy_grad: torch.Tensor | None = None, guidance_scale: float = 0.0) -> torch.Tensor:
+        """Ancestral step L_t → L_{t_prev} (t_prev = t − 1, or fewer steps with a respaced schedule),
+        optionally guided by −s·σ̃²·∂E/∂L with σ̃² the step's posterior variance."""
+        ab, ab_prev = float(self.alpha_bar[t]), float(self.alpha_bar[t_prev])
+        a = ab / ab_prev
+        b = 1 - a
+        var = b * (1 - ab_prev) / (1 - ab)
+        mean = (lattice_t - b / (1 - ab) ** 0.5 * eps_pred) / a**0.5
+        if energy_grad is not None and guidance_scale:
+            mean = mean - guidance_scale * var * energy_grad
+        return mean + var**0.5 * noise
+
+
+class WrappedNormalCoords:
+    """Wrapped-normal noise on fractional coordinates: F_t = (F_0 + σ_t ε) mod 1.
+
+    The network predicts the score of N_w(F_t | F_0, σ_t²) divided by √λ_t, λ_t = E‖score‖² per
+    dimension (precomputed once by quadrature), so its targets have unit scale at every t.
+    """
+
+    def __init__(self, num_steps: int = 1000, sigma_min: float = 0.005, sigma_max: float = 0.5) -> None:
+        self.num_steps = num_steps
+        self.sigma = geometric_sigmas(num_steps, sigma_min, sigma_max).float()
+        lam = torch.ones(num_steps + 1)
+        lam[1:] = wrapped_normal.expected_squared_score(self.sigma[1:].double()).float()
+        self.lam = lam
+
+    def add_noise(self, frac0: torch.Tensor, t_atoms: torch.Tensor, noise: torch.Tensor | None = None):
+        """Return (F_t, target) for per-atom integer times; target = score / √λ_t."""
+        noise = torch.randn_like(frac0) if noise is None else noise
+        sigma = self.sigma.to(frac0.device)[t_atoms].view(-1, 1)
+        disp = sigma * noise
+        target = wrapped_normal.score(disp, sigma.expand_as(disp)) / self.lam.to(frac0.device)[t_atoms].sqrt().view(-1, 1)
+        return torch.remainder(frac0 + disp, 1.0), target
+
+    def score_from_output(self, output: torch.Tensor, t: int) -> torch.Tensor:
+        return output * float(self.lam[t]) ** 0.5
+
+    def predictor_step(self, frac_t: torch.Tensor, score: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor,
+                       energy_grad: torch.Tensor | None = None, guidance_scale: float = 0.0) -> torch.Tensor:
+        """Reverse-SDE step σ_t → σ_{t_prev}, optionally guided by −s·σ̃²·∂E/∂F."""
+        s_t, s_prev = float(self.sigma[t]), float(self.sigma[t_prev])
+        step = s_t**2 - s_prev**2
+        var = s_prev**2 * step / s_t**2
+        out = frac_t + step * score + var**0.5 * noise
+        if energy_grad is not None and guidance_scale:
+            out = out - guidance_scale * var * energy_grad
+        return torch.remainder(out, 1.0)
+
+    def corrector_step(self, frac_t: torch.Tensor, score: torch.Tensor, t: int, noise: torch.Tensor, step_lr: float) -> torch.Tensor:
+        """Langevin step with size step_lr·(σ_t/σ_1)²."""
+        step = step_lr * (float(self.sigma[t]) / float(self.sigma[1])) ** 2
+        return torch.remainder(frac_t + step * score + (2 * step) ** 0.5 * noise, 1.0)
+
+
+@dataclass
+class DiffusionConfig:
+    num_steps: int = 1000
+    cosine_s: float = 0.008
+    sigma_min: float = 0.005
+    sigma_max: float = 0.5
+    step_lr: float = 1e-5

@@ -1,0 +1,136 @@
+"""Writing the evaluation report: summary.json, per_structure.csv and two PNG plots (atomic writes)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dao.evaluate.core import EvaluationResult
+
+PER_STRUCTURE_COLUMNS = [
+    "ref_index", "material_id", "formula", "n_atoms", "ref_valid", "n_samples", "n_valid",
+    "matched", "rms", "best_sample", "first_match_k", "reason",
+    "matched_unfiltered", "rms_unfiltered", "best_sample_unfiltered", "first_match_k_unfiltered",
+    "reason_unfiltered", "min_e_above_hull", "sample_outcomes", "detail",
+]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):  # numpy scalars
+        return _jsonable(x.item())
+    return x
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def _plot_match_rate(summary: dict[str, Any]) -> bytes:
+    from matplotlib.figure import Figure
+
+    K = summary["k"]
+    ks = list(range(1, K + 1))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.add_subplot(111)
+    ax.plot(ks, [100 * r for r in summary["match_rate_vs_k"]], "o-", label="valid-gated")
+    ax.plot(ks, [100 * r for r in summary["match_rate_unfiltered_vs_k"]], "s--", label="unfiltered")
+    ax.set_xlabel("k (samples per reference)")
+    ax.set_ylabel("match rate (%)")
+    ax.set_title(f"match rate vs k  (n = {summary['n_references']})")
+    ax.set_xlim(0.5, K + 0.5)
+    ax.set_ylim(0, 100)
+    if K <= 20:
+        ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plot_rmse_hist(result: EvaluationResult) -> bytes:
+    from matplotlib.figure import Figure
+
+    gated = [r["rms"] for r in result.records if r["rms"] is not None]
+    unf = [r["rms_unfiltered"] for r in result.records if r["rms_unfiltered"] is not None]
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.add_subplot(111)
+    bins = [i * 0.5 / 25 for i in range(26)]  # RMS is below stol = 0.5 by construction
+    if unf:
+        ax.hist(unf, bins=bins, histtype="step", lw=1.5, label=f"unfiltered (n={len(unf)})")
+    if gated:
+        ax.hist(gated, bins=bins, alpha=0.6, label=f"valid-gated (n={len(gated)})")
+    if not (gated or unf):
+        ax.text(0.5, 0.5, "no matches", ha="center", va="center", transform=ax.transAxes)
+    rmse = result.summary.get("rmse")
+    ax.set_title("RMS distance of matched pairs" + (f"  (mean {rmse:.4f})" if rmse is not None else ""))
+    ax.set_xlabel("normalised RMS displacement")
+    ax.set_ylabel("reference structures")
+    ax.set_xlim(0, 0.5)
+    if gated or unf:
+        ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write summary.json, per_structure.csv, match_rate_vs_k.png and rmse_hist.png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "summary": out / "summary.json",
+        "per_structure": out / "per_structure.csv",
+        "match_rate_vs_k": out / "match_rate_vs_k.png",
+        "rmse_hist": out / "rmse_hist.png",
+    }
+    _atomic_write(paths["summary"], (json.dumps(_jsonable(result.summary), indent=2) + "\n").encode())
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PER_STRUCTURE_COLUMNS)
+    for rec in result.records:
+        w.writerow([_cell(rec.get(c)) for c in PER_STRUCTURE_COLUMNS])
+    _atomic_write(paths["per_structure"], buf.getvalue().encode())
+    _atomic_write(paths["match_rate_vs_k"], _plot_match_rate(result.summary))
+    _atomic_write(paths["rmse_hist"], _plot_rmse_hist(result))
+    return paths

@@ -1,0 +1,81 @@
+"""DAO checkpoints: one ``.pt`` file with weights, config and metadata, loadable with ``weights_only=True``.
+
+Layout: ``{"dao_format": 1, "kind": "generator", "config": {...}, "state_dict": {...}, "meta": {...}}``;
+config and meta hold only plain Python types (dict, list, str, int, float, bool, None).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dao.errors import CheckpointError
+
+FORMAT_VERSION = 1
+DEFAULT_GENERATOR = "dao_g_default.pt"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = None) -> None:
+    """Write a model with its config (``model.config.to_dict()``) and plain-type metadata."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save({"dao_format": FORMAT_VERSION, "kind": model.kind, "config": model.config.to_dict(),
+                       "state_dict": state, "meta": dict(meta or {})}, path)
+
+
+def resolve_model_path(spec: str | Path) -> Path:
+    """``default`` → the bundled DAO-G checkpoint; anything else is a path."""
+    if str(spec) == "default":
+        return Path(str(resources.files("dao.resources").joinpath(DEFAULT_GENERATOR)))
+    return Path(spec)
+
+
+def load_checkpoint(spec: str | Path, kind: str | None = None) -> dict:
+    path = resolve_model_path(spec)
+    if not path.is_file():
+        hint = " (the bundled default model is missing from this install)" if str(spec) == "default" else ""
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(exc).__name__}") from None
+    if not isinstance(ckpt, dict) or "dao_format" not in ckpt:
+        raise CheckpointError(f"{path} is not a DAO model checkpoint (a Lightning training checkpoint? "
+                              "use the exported model.pt)")
+    if ckpt["dao_format"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer DAO (format {ckpt['dao_format']})")
+    if kind is not None and ckpt.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {ckpt.get('kind')!r} model, expected {kind!r}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def load_generator(spec: str | Path = "default", device: str | torch.device = "cpu"):
+    """Load a DAO-G checkpoint (``"default"`` for the bundled one) as an eval-mode :class:`DAOGenerator`."""
+    from dao.models.generator import DAOGenerator, GeneratorConfig
+
+    ckpt = load_checkpoint(spec, kind="generator")
+    try:
+        model = DAOGenerator(GeneratorConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {ckpt['path']} does not match the model: {str(exc).splitlines()[0][:160]}") from None
+    model.meta = ckpt.get("meta", {})
+    model.checkpoint_path = ckpt["path"]
+    return model.to(device).eval()

@@ -1,0 +1,130 @@
+"""Crysformer: the graph Transformer shared by DAO-G and DAO-P (DESIGN §2)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from dao.crystal import CrystalBatch
+from dao.nn.attention import CrystalAttention, fourier_angles
+from dao.nn.embeddings import AtomEmbedding, sinusoidal_embedding
+
+
+@dataclass
+class CrysformerConfig:
+    """Every size is a config value. The published model: hidden 384, 12 layers, 8 heads (25.2 M)."""
+
+    hidden: int = 384
+    layers: int = 12
+    heads: int = 8
+    num_freqs: int = 128
+    time_dim: int = 256
+    ffn_mult: int = 4
+    factored_edges: bool = True
+    heads_out: list[str] = field(default_factory=lambda: ["lattice", "coord"])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CrysformerConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CrysformerOutput(NamedTuple):
+    lattice: torch.Tensor | None  # (B, 3, 3), O(3)-equivariant
+    coord: torch.Tensor | None  # (Nt, 3), invariant
+    energy: torch.Tensor | None  # (B,), invariant
+    graph: torch.Tensor  # (B, D) pooled crystal feature
+    node: torch.Tensor  # (Nt, D)
+
+
+class GatedResidual(nn.Module):
+    """out = g·x + (1 − g)·m with one gate g = sigmoid(w·[x; m; x − m]) per atom."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(3 * hidden, 1)
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([x, m, x - m], dim=-1)))
+        return g * x + (1 - g) * m
+
+
+class CrysformerLayer(nn.Module):
+    def __init__(self, cfg: CrysformerConfig) -> None:
+        super().__init__()
+        d = cfg.hidden
+        self.norm_attn = nn.LayerNorm(d)
+        self.attn = CrystalAttention(d, cfg.heads, cfg.num_freqs, factored=cfg.factored_edges)
+        self.gate_attn = GatedResidual(d)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.GELU(), nn.Linear(cfg.ffn_mult * d, d))
+        self.gate_ffn = GatedResidual(d)
+
+    def forward(self, h, mask, frac, gram, fourier):
+        h = self.gate_attn(h, self.attn(self.norm_attn(h), mask, frac, gram, fourier))
+        return self.gate_ffn(h, self.ffn(self.norm_ffn(h)))
+
+
+def to_dense(x: torch.Tensor, batch: torch.Tensor, num_atoms: torch.Tensor, n_max: int | None = None):
+    """Scatter flat per-atom rows (Nt, ...) into a padded (B, Nmax, ...) tensor; returns (dense, mask, pos)."""
+    b = num_atoms.shape[0]
+    n_max = int(num_atoms.max()) if n_max is None else n_max
+    offsets = torch.cumsum(num_atoms, 0) - num_atoms
+    pos = torch.arange(batch.shape[0], device=x.device) - offsets[batch]
+    dense = x.new_zeros((b, n_max) + tuple(x.shape[1:]))
+    dense[batch, pos] = x
+    mask = torch.zeros(b, n_max, dtype=torch.bool, device=x.device)
+    mask[batch, pos] = True
+    return dense, mask, pos
+
+
+class Crysformer(nn.Module):
+    """Crysformer backbone with lattice-noise, coordinate-score and energy heads.
+
+    ``forward(batch, t)`` takes a :class:`CrystalBatch` (atom types, fractional coordinates, lattices)
+    and diffusion times ``t`` ∈ [0, 1] per crystal, and returns :class:`CrysformerOutput`.
+    """
+
+    def __init__(self, cfg: CrysformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden
+        self.atom_embedding = AtomEmbedding(d)
+        self.input = nn.Linear(d + cfg.time_dim, d)
+        self.layers = nn.ModuleList([CrysformerLayer(cfg) for _ in range(cfg.layers)])
+        self.final_norm = nn.LayerNorm(d)
+        heads = set(cfg.heads_out)
+        unknown = heads - {"lattice", "coord", "energy"}
+        if unknown:
+            raise ValueError(f"unknown Crysformer heads: {sorted(unknown)}")
+        self.lattice_head = nn.Linear(d, 9, bias=False) if "lattice" in heads else None
+        self.coord_head = nn.Linear(d, 3, bias=False) if "coord" in heads else None
+        self.energy_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1)) if "energy" in heads else None
+
+    def forward(self, batch: CrystalBatch, t: torch.Tensor) -> CrysformerOutput:
+        cfg = self.cfg
+        temb = sinusoidal_embedding(t, cfg.time_dim)[batch.batch]
+        h = self.input(torch.cat([self.atom_embedding(batch.atom_types), temb], dim=-1))
+        h, mask, pos = to_dense(h, batch.batch, batch.num_atoms)
+        frac, _, _ = to_dense(batch.frac, batch.batch, batch.num_atoms, h.shape[1])
+        gram = batch.lattice @ batch.lattice.transpose(1, 2)
+        fourier = fourier_angles(frac, cfg.num_freqs) if cfg.factored_edges else None
+        for layer in self.layers:
+            h = layer(h, mask, frac, gram, fourier)
+        h = self.final_norm(h)
+        node = h[batch.batch, pos]
+        m = mask.unsqueeze(-1).to(h.dtype)
+        graph = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        lattice = coord = energy = None
+        if self.lattice_head is not None:
+            lattice = self.lattice_head(graph).view(-1, 3, 3) @ batch.lattice
+        if self.coord_head is not None:
+            coord = self.coord_head(node)
+        if self.energy_head is not None:
+            energy = self.energy_head(graph).squeeze(-1)
+        return CrysformerOutput(lattice, coord, energy, graph, node)
