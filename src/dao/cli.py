@@ -27,6 +27,39 @@ def cli() -> None:
     """DAO: crystal structure prediction with Siamese foundation models (Crysformer, DAO-G, DAO-P)."""
 
 
+@cli.command()
+@click.argument("formula")
+@click.option("-n", "--num-samples", "n", type=click.IntRange(1, 10000), default=5, show_default=True,
+              help="Structures to generate per cell.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: predictions/<formula>).")
+@click.option("--atoms", type=click.IntRange(1), default=None, help="Atoms per cell (a multiple of the reduced formula).")
+@click.option("--max-atoms", type=click.IntRange(1), default=None,
+              help="Enumerate every cell multiple Z of the reduced formula up to this many atoms.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(2), default=None,
+              help="Sampling steps (default: the model's recommended count, see `dao info`).")
+@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint (model.pt) or 'default'.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress) -> None:
+    """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
+    from dao.predict import run_predict
+
+    if out is None:
+        out = Path("predictions") / "".join(ch for ch in formula if ch.isalnum() or ch in "()") if formula.strip() else Path("predictions")
+    summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress)
+    for rec in summary["samples"]:
+        if "error" in rec:
+            click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
+        else:
+            lat = rec["lattice"]
+            click.echo(f"  {rec['cif']}: {rec['space_group']['symbol']} (#{rec['space_group']['number']}), "
+                       f"a={lat['a']:.3f} b={lat['b']:.3f} c={lat['c']:.3f} Å, V={lat['volume']:.1f} Å³")
+    click.echo(f"wrote {summary['num_written']} structures to {out} in {summary['seconds']:.1f} s")
+
+
 @cli.group()
 def train() -> None:
     """Train DAO models (Lightning: CPU, GPU, multi-GPU/multi-node DDP)."""

@@ -6,6 +6,7 @@ functions (sampling). Time is an integer index t ∈ {1..T}; the network sees t 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -53,9 +54,7 @@ class WrappedNormalCoords:
     def __init__(self, num_steps: int = 1000, sigma_min: float = 0.005, sigma_max: float = 0.5) -> None:
         self.num_steps = num_steps
         self.sigma = geometric_sigmas(num_steps, sigma_min, sigma_max).float()
-        lam = torch.ones(num_steps + 1)
-        lam[1:] = wrapped_normal.expected_squared_score(self.sigma[1:].double()).float()
-        self.lam = lam
+        self.lam = _lambda_table(num_steps, sigma_min, sigma_max)
 
     def add_noise(self, frac0: torch.Tensor, t_atoms: torch.Tensor, noise: torch.Tensor | None = None):
         """Return (F_t, target) for per-atom integer times; target = score / √λ_t."""
@@ -83,6 +82,13 @@ class WrappedNormalCoords:
         """Langevin step with size step_lr·(σ_t/σ_1)²."""
         step = step_lr * (float(self.sigma[t]) / float(self.sigma[1])) ** 2
         return torch.remainder(frac_t + step * score + (2 * step) ** 0.5 * noise, 1.0)
+
+
+@lru_cache(maxsize=8)
+def _lambda_table(num_steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    lam = torch.ones(num_steps + 1)
+    lam[1:] = wrapped_normal.expected_squared_score(geometric_sigmas(num_steps, sigma_min, sigma_max)[1:]).float()
+    return lam
 
 
 @dataclass

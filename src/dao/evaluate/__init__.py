@@ -37,8 +37,8 @@ Predictions, any of:
 
 (a) a directory of CIF files ``<idx>_<sample>.cif`` (the convention DAO's generator writes), or
     ``<material_id>_<sample>.cif``, or ``<idx>.cif`` / ``<material_id>.cif`` (sample 0). A name made only
-    of digits is always a 0-based row index (perov-5's numeric material_ids must not be used as names);
-    anything else is looked up as a material_id;
+    of digits is a 0-based row index whenever that row exists, so name files by index for datasets with
+    numeric material_ids (perov-5); anything else is looked up as a material_id;
 (b) one extxyz file whose frames carry info keys ``ref_index`` (or ``material_id``) and ``sample`` (the
     convention DAO's generator writes); frames without ``sample`` take the next free sample number of
     their row; if no frame has ``ref_index``/``material_id``, frames are taken in order, k per reference;

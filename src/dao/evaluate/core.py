@@ -163,6 +163,20 @@ def _matcher():
     return _MATCHER
 
 
+def _clear_reduction_cache() -> None:
+    """pymatgen memoises primitive/Niggli reductions in a class-level LRU cache whose keys compare
+    structures *within tolerance*: a pair could then be scored with the reduction of an earlier, nearly
+    identical structure, making the last digits depend on what the process saw before (and on how tasks are
+    spread over workers). Clearing it before each pair makes every result a function of the pair alone; the
+    reductions cost ~1 ms of a ~10 ms match."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    fn = getattr(StructureMatcher, "_get_reduced_istructure", None)
+    clear = getattr(fn, "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
 def _validity(c: Canon) -> dict[str, Any]:
     from dao.evaluate.validity import composition_validity
 
@@ -179,7 +193,7 @@ def _validity(c: Canon) -> dict[str, Any]:
 def _rms(pred: Canon, ref: Canon) -> tuple[float | None, str | None]:
     """StructureMatcher.get_rms_dist(pred, ref)[0] or None; (rms, error)."""
     if not (pred.finite and ref.finite):
-        return None, "non_finite"
+        return None, None  # cannot be matched; the validity reason says non_finite
     if pred.comp != ref.comp:
         # Exact: get_rms_dist needs, after primitive reduction, equal site counts (len(s1)*fu == len(s2))
         # and a zero-cost species assignment (SpeciesComparator). Primitive reduction preserves the
@@ -188,6 +202,7 @@ def _rms(pred: Canon, ref: Canon) -> tuple[float | None, str | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _clear_reduction_cache()
             r = _matcher().get_rms_dist(to_structure(pred), to_structure(ref))
     except Exception as exc:  # DiffCSP: any exception = no match
         return None, f"matcher_error: {type(exc).__name__}: {exc}"[:300]
@@ -310,14 +325,28 @@ class ResultCache:
             self._fd = None
 
 
+def run_batch(tasks: list[tuple[str, str, tuple]]) -> list[tuple[str, dict[str, Any]]]:
+    return [run_task(t) for t in tasks]
+
+
+def _spawn_possible() -> bool:
+    """Spawned workers re-import the parent's __main__ script; impossible for `python -` (stdin)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
 class _Runner:
-    """Runs tasks in-process (workers=1) or in a spawn pool, storing results in the cache."""
+    """Runs tasks in-process (workers=1) or in a spawn process pool, storing results in the cache."""
 
     def __init__(self, workers: int, cache: ResultCache, progress: bool):
         self.workers = max(1, int(workers))
+        if self.workers > 1 and not _spawn_possible():
+            warnings.warn("dao.evaluate: worker processes cannot re-import a __main__ read from stdin; "
+                          "running with workers=1", stacklevel=3)
+            self.workers = 1
         self.cache = cache
         self.progress = progress
-        self._pool = None
+        self._executor = None
         self.computed = 0
         self.reused = 0
 
@@ -327,47 +356,67 @@ class _Runner:
         for t in tasks:
             if t[1] in seen:
                 continue
+            seen.add(t[1])
             if t[1] in self.cache:
                 self.reused += 1
-                seen.add(t[1])
-                continue
-            seen.add(t[1])
-            todo.append(t)
+            else:
+                todo.append(t)
         if not todo:
             return
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=desc, file=sys.stderr, disable=not self.progress, unit="task",
+        bar = tqdm(total=len(todo), desc=desc, file=sys.stderr, disable=not self.progress, unit="pair",
                    dynamic_ncols=True)
         try:
             if self.workers == 1 or len(todo) < 4:
-                it: Iterator[tuple[str, dict[str, Any]]] = (run_task(t) for t in todo)
+                for t in todo:
+                    key, res = run_task(t)
+                    self._put(key, res, bar)
             else:
-                pool = self._get_pool()
-                chunk = max(1, min(8, len(todo) // (self.workers * 16)))
-                it = pool.imap_unordered(run_task, todo, chunksize=chunk)
-            for key, res in it:
-                self.cache.put(key, res)
-                self.computed += 1
-                bar.update(1)
+                from concurrent.futures import as_completed
+                from concurrent.futures.process import BrokenProcessPool
+
+                ex = self._get_executor()
+                size = max(1, min(8, len(todo) // (self.workers * 16)))
+                with _single_thread_env():  # workers are spawned during submit(): one BLAS/OpenMP thread each
+                    futures = [ex.submit(run_batch, todo[i:i + size]) for i in range(0, len(todo), size)]
+                try:
+                    for fut in as_completed(futures):
+                        for key, res in fut.result():
+                            self._put(key, res, bar)
+                except BrokenProcessPool as exc:
+                    raise RuntimeError("an evaluation worker process died (out of memory or killed?); finished "
+                                       "results are kept in the cache, rerun to resume") from exc
         finally:
             bar.close()
 
-    def _get_pool(self):
-        if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            with _single_thread_env():
-                self._pool = ctx.Pool(self.workers, initializer=_init_worker)
-        return self._pool
+    def _put(self, key: str, res: dict[str, Any], bar) -> None:
+        self.cache.put(key, res)
+        self.computed += 1
+        bar.update(1)
+
+    def _get_executor(self):
+        if self._executor is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker)
+        return self._executor
 
     def close(self, terminate: bool = False) -> None:
-        if self._pool is not None:
-            if terminate:
-                self._pool.terminate()
-            else:
-                self._pool.close()
-            self._pool.join()
-            self._pool = None
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        if terminate:
+            procs = list((getattr(ex, "_processes", None) or {}).values())
+            ex.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=5)
+        else:
+            ex.shutdown(wait=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,8 +466,11 @@ def evaluate(
         if not ref_c[-1].finite:
             raise ValueError(f"reference {i} ({reference_ids[i]}) has a non-finite lattice or coordinates")
 
-    unassigned = sorted(int(i) for i in predictions if not (0 <= int(i) < n))
-    lens = [len(v) for i, v in predictions.items() if 0 <= int(i) < n]
+    by_row: dict[int, list[Any]] = {}
+    for key_, v in predictions.items():
+        by_row.setdefault(int(key_), list(v))
+    unassigned = sorted(i for i in by_row if not (0 <= i < n))
+    lens = [len(v) for i, v in by_row.items() if 0 <= i < n]
     K = int(k) if k is not None else max([1, *lens])
     if K < 1:
         raise ValueError("k must be >= 1")
@@ -426,7 +478,7 @@ def evaluate(
     # per-slot status: Canon | ("unreadable", detail) | MISSING
     slots: list[list[Any]] = []
     for i in range(n):
-        row = list(predictions.get(i, []))[:K]
+        row = by_row.get(i, [])[:K]
         row += [MISSING] * (K - len(row))
         out = []
         for s in row:

@@ -111,14 +111,17 @@ class _Resolver:
         return self.by_id.get(str(value).strip())
 
     def name(self, name: str, report: LoadReport) -> int | None:
-        """All-digit names are 0-based row indices; anything else is a material_id."""
+        """An all-digit name is a 0-based row index when such a row exists; anything else (or a number
+        beyond the last row) is a material_id. Digit names that are also another row's material_id are
+        counted as ambiguous (a warning is issued)."""
+        j = self.by_id.get(name)
         if name.isdigit():
             i = self.index(name)
-            j = self.by_id.get(name)
-            if j is not None and j != i:
-                report.n_ambiguous_names += 1
-            return i
-        return self.by_id.get(name)
+            if i is not None:
+                if j is not None and j != i:
+                    report.n_ambiguous_names += 1
+                return i
+        return j
 
 
 def _assemble(entries: list[tuple[int, int | None, Structure | None, str]], report: LoadReport

@@ -1,0 +1,158 @@
+"""Structure prediction for a formula: the ``dao predict`` pipeline and the Python API ``dao.predict``."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dao.crystal import CrystalBatch
+from dao.formula import CellComposition, cells_to_generate
+
+DEFAULT_STEPS = 1000
+
+
+@dataclass
+class Sample:
+    """One generated structure (``structure`` is None when the sample is unusable, see ``error``)."""
+
+    cell: CellComposition
+    index: int
+    structure: object | None  # pymatgen Structure
+    error: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    from dao.errors import DAOError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DAOError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray):
+    """Sampled (A, F, L) → Niggli-reduced pymatgen Structure, or (None, reason) if the cell is unusable.
+
+    A lattice with negative determinant describes the same crystal as (−L, −F mod 1): X = F·L is unchanged.
+    """
+    from pymatgen.core import Lattice, Structure
+
+    if not (np.all(np.isfinite(lattice)) and np.all(np.isfinite(frac))):
+        return None, "non-finite lattice or coordinates"
+    det = float(np.linalg.det(lattice))
+    if abs(det) < 1e-3:
+        return None, f"degenerate lattice (volume {abs(det):.2g} Å³)"
+    if det < 0:
+        lattice, frac = -lattice, (-frac) % 1.0
+    s = Structure(Lattice(lattice), [int(z) for z in atomic_numbers], frac % 1.0)
+    try:
+        s = s.get_reduced_structure("niggli")
+    except Exception:
+        pass  # keep the unreduced cell; it is still a valid structure
+    return s, None
+
+
+def generate(model, cells: Sequence[CellComposition], n: int, seed: int = 0, steps: int | None = None,
+             batch_size: int = 64, guidance: Sequence = (), progress: bool = False) -> list[Sample]:
+    """Sample ``n`` structures for each cell with a loaded :class:`~dao.models.generator.DAOGenerator`."""
+    device = next(model.parameters()).device
+    jobs = [(cell, i) for cell in cells for i in range(n)]
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    samples: list[Sample] = []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        template = CrystalBatch.from_compositions([c.atomic_numbers() for c, _ in chunk], device=device)
+        out = model.sample(template, num_steps=steps, guidance=guidance, generator=gen,
+                           progress=progress).crystals()
+        for (cell, i), cr in zip(chunk, out):
+            s, err = finalize_structure(cr.atomic_numbers, cr.frac_coords, cr.lattice)
+            samples.append(Sample(cell, i, s, err))
+    return samples
+
+
+def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int | None = None, seed: int = 0,
+            steps: int | None = DEFAULT_STEPS, model="default", device: str = "auto", batch_size: int = 64,
+            progress: bool = False) -> list:
+    """Predict crystal structures for ``formula``; returns pymatgen Structures (usable samples only).
+
+    >>> import dao
+    >>> structures = dao.predict("CsV3Sb5", n=5, seed=0)
+    """
+    from dao.models.checkpoint import load_generator
+
+    dev = resolve_device(device)
+    gen_model = load_generator(model, dev) if isinstance(model, (str, Path)) else model
+    cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
+    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, progress=progress)
+    return [s.structure for s in samples if s.structure is not None]
+
+
+def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra: dict) -> dict:
+    """Write CIFs (P1 + symmetrized where a space group > 1 is found), ``samples.extxyz`` and ``summary.json``."""
+    from dao.structure_io import staged_output_dir, symmetry_info, write_cif, write_extxyz, write_json
+
+    records, good, infos = [], [], []
+    with staged_output_dir(out) as tmp:
+        for s in samples:
+            name = f"{s.cell.formula}_{s.index:03d}"
+            rec = {"name": name, "formula": s.cell.formula, "reduced_formula": s.cell.reduced_formula,
+                   "z": s.cell.z, "atoms_per_cell": s.cell.num_atoms, "sample": s.index}
+            if s.structure is None:
+                rec["error"] = s.error
+                records.append(rec)
+                continue
+            st = s.structure
+            sym = symmetry_info(st)
+            lat = st.lattice
+            rec.update({
+                "cif": f"{name}.cif",
+                "space_group": {"symbol": sym["symbol"], "number": sym["number"], "symprec": sym["symprec"]},
+                "lattice": {"a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta,
+                            "gamma": lat.gamma, "volume": lat.volume},
+                "density_g_cm3": float(st.density),
+            })
+            write_cif(st, tmp / f"{name}.cif")
+            if sym["number"] > 1:
+                try:
+                    write_cif(st, tmp / f"{name}_sym.cif", symprec=sym["symprec"])
+                    rec["cif_symmetrized"] = f"{name}_sym.cif"
+                except Exception:
+                    pass  # symmetrisation can fail for borderline tolerances; the P1 CIF stands
+            records.append(rec)
+            good.append(st)
+            infos.append({"name": name, "formula": s.cell.formula, "sample": s.index,
+                          "spacegroup": sym["symbol"], "spacegroup_number": sym["number"]})
+        if good:
+            write_extxyz(good, infos, tmp / "samples.extxyz")
+        summary = {**summary_extra, "num_requested": len(samples), "num_written": len(good), "samples": records}
+        write_json(summary, tmp / "summary.json")
+    return summary
+
+
+def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_atoms: int | None, seed: int,
+                steps: int | None, model: str, device: str, batch_size: int = 64, progress: bool = True) -> dict:
+    """The ``dao predict`` job: validate everything first, sample, then write all outputs at once."""
+    from dao import __version__
+    from dao.models.checkpoint import load_generator
+
+    t0 = time.time()
+    dev = resolve_device(device)
+    gen_model = load_generator(model, dev)
+    cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
+    torch.manual_seed(seed)
+    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, progress=progress)
+    extra = {
+        "formula": formula, "cells": [{"formula": c.formula, "z": c.z, "atoms": c.num_atoms} for c in cells],
+        "n_per_cell": n, "seed": seed, "steps": steps or gen_model.config.diffusion.num_steps,
+        "model": {"path": gen_model.checkpoint_path, "kind": "generator",
+                  "max_atoms": gen_model.config.max_atoms},
+        "device": str(dev), "dao_version": __version__, "seconds": None,
+    }
+    extra["seconds"] = round(time.time() - t0, 2)
+    return write_predictions(samples, out, extra)
