@@ -108,6 +108,9 @@ def _lightning_module_class():
             self.started = time.time()
             self.best_val = math.inf
 
+        def on_train_start(self):
+            self.meta["started_at_step"] = int(self.global_step)  # > 0 when resumed from a checkpoint
+
         def transfer_batch_to_device(self, batch, device, dataloader_idx):
             return batch.to(device)
 

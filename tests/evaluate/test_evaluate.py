@@ -6,7 +6,6 @@ import csv
 import gzip
 import itertools
 import json
-import math
 import os
 import sys
 import warnings
@@ -25,7 +24,6 @@ from pymatgen.core import Element, Lattice, Structure
 
 from dao.evaluate import (
     MISSING,
-    EvaluationResult,
     evaluate,
     is_valid,
     load_predictions,

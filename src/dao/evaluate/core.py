@@ -365,7 +365,7 @@ class _Runner:
             return
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=desc, file=sys.stderr, disable=not self.progress, unit="pair",
+        bar = tqdm(total=len(todo), desc=desc, file=sys.stderr, disable=not self.progress, unit="task",
                    dynamic_ncols=True)
         try:
             if self.workers == 1 or len(todo) < 4:
