@@ -1,6 +1,7 @@
 """The ``dao`` command line. Every user error is one line on stderr and a non-zero exit."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -58,6 +59,30 @@ def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch
             click.echo(f"  {rec['cif']}: {rec['space_group']['symbol']} (#{rec['space_group']['number']}), "
                        f"a={lat['a']:.3f} b={lat['b']:.3f} c={lat['c']:.3f} Å, V={lat['volume']:.1f} Å³")
     click.echo(f"wrote {summary['num_written']} structures to {out} in {summary['seconds']:.1f} s")
+
+
+@cli.command()
+@click.option("--split", type=click.Path(path_type=Path), required=True, help="CSP split CSV (DiffCSP format).")
+@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint or 'default'.")
+@click.option("-k", "k", type=click.IntRange(1), default=1, show_default=True, help="Samples per composition.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N rows of the split.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (resumable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(2), default=None, help="Sampling steps (default: the model's).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Evaluation processes.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def benchmark(split, model, k, limit, out, seed, steps, device, batch_size, workers, progress) -> None:
+    """Generate k structures for every composition of a split, then score them (as `dao evaluate`)."""
+    from dao.benchmark import run_benchmark
+
+    if not split.is_file():
+        raise DAOError(f"split file not found: {split}")
+    s = run_benchmark(split, model, k, out, limit, seed, steps, device, batch_size, workers, progress)
+    g = s["generation"]
+    click.echo(json.dumps({key: s.get(key) for key in ("n_references", "match_rate", "rmse", "match_rate_unfiltered",
+                                                      "rmse_unfiltered")} | {"seconds_per_structure": g["seconds_per_structure_this_run"]}))
 
 
 @cli.group()
