@@ -39,7 +39,7 @@ def cli() -> None:
               help="Enumerate every cell multiple Z of the reduced formula up to this many atoms.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(2), default=None,
-              help="Sampling steps (default: the model's recommended count, see `dao info`).")
+              help="Sampling steps (default: the model's full schedule, diffusion.num_steps in `dao info`).")
 @click.option("--model", default="default", show_default=True, help="DAO-G checkpoint (model.pt) or 'default'.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
@@ -83,6 +83,19 @@ def benchmark(split, model, k, limit, out, seed, steps, device, batch_size, work
     g = s["generation"]
     click.echo(json.dumps({key: s.get(key) for key in ("n_references", "match_rate", "rmse", "match_rate_unfiltered",
                                                       "rmse_unfiltered")} | {"seconds_per_structure": g["seconds_per_structure_this_run"]}))
+
+
+@cli.command()
+@click.option("--model", default="default", show_default=True, help="Checkpoint to describe.")
+def info(model) -> None:
+    """Describe a checkpoint: kind, config, size limits, training data and metrics (JSON)."""
+    from dao.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(model)
+    n_params = sum(v.numel() for v in ckpt["state_dict"].values())
+    meta = {k: v for k, v in ckpt.get("meta", {}).items() if k not in ("data_report",)}
+    click.echo(json.dumps({"path": ckpt["path"], "kind": ckpt["kind"], "parameters": n_params,
+                           "config": ckpt["config"], "meta": meta}, indent=2, default=str))
 
 
 @cli.group()
