@@ -24,8 +24,11 @@ ID_COLUMNS = ("material_id", "id", "name")
 Skipped = list[tuple[str, str]]
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
+def open_text(path: str | Path) -> io.TextIOBase:
+    """Open a text file, transparently gunzipping it when it starts with the gzip magic bytes."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
 
@@ -33,8 +36,17 @@ def _open_text(path: Path) -> io.TextIOBase:
 def iter_csv_rows(path: str | Path) -> Iterator[dict[str, str]]:
     """Stream the rows of a (gzipped) CSV file."""
     csv.field_size_limit(1 << 30)
-    with _open_text(Path(path)) as fh:
+    with open_text(path) as fh:
         yield from csv.DictReader(fh)
+
+
+def read_csv_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """All rows of a (gzipped) CSV file and its column names."""
+    csv.field_size_limit(1 << 30)
+    with open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
 
 
 def structure_from_cif_string(text: str):

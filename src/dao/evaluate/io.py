@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import re
 import warnings
 from collections.abc import Sequence
@@ -15,26 +13,11 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
+from dao.data.readers import read_csv_table as _read_csv
 from dao.evaluate.core import MISSING
 
 _MAX_EXAMPLES = 20
 _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<sample>\d+)$")
-
-
-def _open_text(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    csv.field_size_limit(1 << 30)
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
 
 
 def _parse_cif(text: str) -> Structure:
