@@ -40,7 +40,10 @@ def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit:
     gen_model = load_generator(model, resolve_device(device))
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(len(refs)) if not all((pred_dir / f"{i}_{j}.cif").is_file() for j in range(k))]
+    def done(i: int, j: int) -> bool:
+        return (pred_dir / f"{i}_{j}.cif").is_file() or (pred_dir / f"{i}_{j}.failed").is_file()
+
+    todo = [i for i in range(len(refs)) if not all(done(i, j) for j in range(k))]
     sample_seconds = 0.0
     bar = tqdm(total=len(todo), desc="generating", unit="comp", disable=not progress)
     per_batch = max(1, batch_size // k)
@@ -53,6 +56,8 @@ def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit:
         for n, s in enumerate(samples):  # generate() returns k samples per cell, cells in order
             if s.structure is not None:
                 write_cif(s.structure, pred_dir / f"{rows[n // k]}_{s.index}.cif")
+            else:  # unusable sample (e.g. degenerate lattice): scored as missing, not regenerated on rerun
+                (pred_dir / f"{rows[n // k]}_{s.index}.failed").write_text(f"{s.error}\n")
         bar.update(len(rows))
     bar.close()
     predictions = load_predictions(pred_dir, ids, k=k)

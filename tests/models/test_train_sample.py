@@ -46,3 +46,24 @@ def test_train_resume_export_and_predict(tmp_path):
     summary = json.loads((pred / "summary.json").read_text())
     assert summary["steps"] == 100 and summary["num_requested"] == 3
     assert len(list(pred.glob("TiO2_*.cif"))) >= summary["num_written"] >= 1
+
+
+def test_benchmark_generates_and_scores_every_row(tmp_path, tiny_checkpoint):
+    from dao.cli import main
+
+    split = write_csv(tmp_path / "split.csv", small_structures())
+    out = tmp_path / "bench"
+    main(["benchmark", "--split", str(split), "--model", str(tiny_checkpoint), "-k", "2", "--steps", "5",
+          "--out", str(out), "--no-progress"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_references"] == 5 and summary["k"] == 2
+    assert 0.0 <= summary["match_rate_unfiltered"] <= 1.0
+    assert summary["generation"]["rows_generated_this_run"] == 5
+    assert len(list((out / "predictions").glob("*_*.cif"))) <= 10
+    assert (out / "per_structure.csv").is_file() and (out / "match_rate_vs_k.png").is_file()
+    # a rerun resumes: nothing is generated again
+    main(["benchmark", "--split", str(split), "--model", str(tiny_checkpoint), "-k", "2", "--steps", "5",
+          "--out", str(out), "--no-progress"])
+    again = json.loads((out / "summary.json").read_text())
+    assert again["generation"]["rows_generated_this_run"] == 0
+    assert again["match_rate_unfiltered"] == summary["match_rate_unfiltered"]
