@@ -72,3 +72,31 @@ def tiny_checkpoint(tmp_path, tiny_generator):
 def shared_data_dir() -> Path | None:
     p = Path(os.environ.get("DAO_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
     return p if p.is_dir() else None
+
+
+def tiny_energy_config(**diffusion):
+    from dao.diffusion.processes import DiffusionConfig
+    from dao.models.energy import EnergyConfig, EnergyHeadConfig
+    from dao.nn.crysformer import CrysformerConfig
+
+    return EnergyConfig(model=CrysformerConfig(hidden=32, layers=2, heads=4, num_freqs=8, time_dim=16),
+                        diffusion=DiffusionConfig(**diffusion), max_atoms=12,
+                        energy=EnergyHeadConfig(mean=0.05, std=0.04, num_labels=5))
+
+
+@pytest.fixture
+def tiny_energy_model():
+    """An untrained tiny DAO-P (same diffusion schedule as ``tiny_generator``)."""
+    from dao.models.energy import DAOEnergyModel
+
+    torch.manual_seed(1)
+    return DAOEnergyModel(tiny_energy_config()).eval()
+
+
+@pytest.fixture
+def tiny_energy_checkpoint(tmp_path, tiny_energy_model):
+    from dao.models.checkpoint import save_model
+
+    path = tmp_path / "tiny_energy.pt"
+    save_model(path, tiny_energy_model, {"note": "untrained test model"})
+    return path

@@ -44,13 +44,19 @@ def cli() -> None:
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress) -> None:
+@click.option("--energy-model", default=None,
+              help="DAO-P checkpoint (or 'default') for energy-guided sampling; same diffusion schedule as --model.")
+@click.option("--guidance-scale", type=float, default=None,
+              help="Energy-guidance scale s (needs --energy-model; default 20, the published value).")
+def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress, energy_model,
+            guidance_scale) -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
     from dao.predict import run_predict
 
     if out is None:
         out = Path("predictions") / "".join(ch for ch in formula if ch.isalnum() or ch in "()") if formula.strip() else Path("predictions")
-    summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress)
+    summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                          energy_model=energy_model, guidance_scale=guidance_scale)
     for rec in summary["samples"]:
         if "error" in rec:
             click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
@@ -103,25 +109,37 @@ def train() -> None:
     """Train DAO models (Lightning: CPU, GPU, multi-GPU/multi-node DDP)."""
 
 
-@train.command("generator")
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Training structures: CSV(.gz) in DiffCSP format, CIF folder or extxyz. Repeatable.")
-@click.option("--val", "val", multiple=True, type=click.Path(path_type=Path), help="Validation structures (repeatable).")
-@click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
-              help="Held-out structures: matching training entries (same id or same structure) are dropped.")
-@click.option("--config", type=click.Path(path_type=Path), help="YAML with model/diffusion/train sections.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoints/last.ckpt if present.")
-@click.option("--seed", type=int, default=None, help="Overrides train.seed of the config.")
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--devices", default="auto", show_default=True, help="GPUs (or CPU processes) per node.")
-@click.option("--num-nodes", type=int, default=1, show_default=True)
-@click.option("--max-time", default=None, help="Wall-clock budget DD:HH:MM:SS (overrides config).")
-def train_generator(data, val, exclude, config, out, resume, seed, device, devices, num_nodes, max_time) -> None:
-    """Train a DAO-G structure generator."""
+_TRAIN_OPTIONS = [
+    click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+                 help="Training structures: CSV(.gz) in DiffCSP format, CIF folder or extxyz. Repeatable."),
+    click.option("--val", "val", multiple=True, type=click.Path(path_type=Path), help="Validation structures (repeatable)."),
+    click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
+                 help="Held-out structures: matching training entries (same id or same structure) are dropped."),
+    click.option("--config", type=click.Path(path_type=Path), help="YAML with model/diffusion/train sections."),
+    click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory."),
+    click.option("--resume/--no-resume", default=True, show_default=True,
+                 help="Continue from OUT/checkpoints/last.ckpt if present."),
+    click.option("--seed", type=int, default=None, help="Overrides train.seed of the config."),
+    click.option("--device", type=DEVICE, default="auto", show_default=True),
+    click.option("--devices", default="auto", show_default=True, help="GPUs (or CPU processes) per node."),
+    click.option("--num-nodes", type=int, default=1, show_default=True),
+    click.option("--max-time", default=None, help="Wall-clock budget DD:HH:MM:SS (overrides config)."),
+]
+
+_MODEL_NAMES = {"generator": "DAO-G", "energy": "DAO-P"}
+
+
+def _train_options(f):
+    for option in reversed(_TRAIN_OPTIONS):
+        f = option(f)
+    return f
+
+
+def run_training(kind: str, data, val, exclude, config, out, resume, seed, device, devices, num_nodes, max_time) -> Path:
+    """Everything `dao train <kind>` does: read and filter data, build the model of that kind, fit."""
     from dao.data.dedupe import remove_overlap
     from dao.data.readers import read_any
-    from dao.models.generator import DAOGenerator, GeneratorConfig
+    from dao.models.checkpoint import model_class
     from dao.train import TrainConfig, fit, load_config, load_crystals
 
     cfg = load_config(config)
@@ -140,15 +158,105 @@ def train_generator(data, val, exclude, config, out, resume, seed, device, devic
         report["removed_overlapping_excluded"] = removed
     if not crystals:
         raise DAOError("no training structures left after reading and filtering")
-    gcfg = GeneratorConfig.from_dict({**cfg, "max_atoms": max(c.num_atoms for c in crystals)})
-    model = DAOGenerator(gcfg)
-    click.echo(f"training DAO-G ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
+    model = model_class(kind).from_training_data(cfg, crystals)
+    name = _MODEL_NAMES.get(kind, kind)
+    click.echo(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
                f"{len(crystals)} crystals, validating on {len(val_crystals)}", err=True)
+    energy_cfg = getattr(model.config, "energy", None)
+    if energy_cfg is not None:
+        click.echo(f"  energy labels: {energy_cfg.num_labels} of {len(crystals)} training crystals; standardised "
+                   f"with mean {energy_cfg.mean:.4f}, std {energy_cfg.std:.4f} eV/atom", err=True)
     meta = {"data": [str(p) for p in data], "val": [str(p) for p in val], "exclude": [str(p) for p in exclude],
             "data_report": report, "command": " ".join(sys.argv)}
     path = fit(model, crystals, val_crystals, tcfg, out, resume=resume, device=resolve_device(device),
                devices=devices if devices == "auto" else int(devices), num_nodes=num_nodes, meta=meta)
     click.echo(f"model written to {path}", err=True)
+    return path
+
+
+@train.command("generator")
+@_train_options
+def train_generator(**options) -> None:
+    """Train a DAO-G structure generator."""
+    run_training("generator", **options)
+
+
+@train.command("energy")
+@_train_options
+def train_energy(**options) -> None:
+    """Train a DAO-P energy predictor (noise heads + energy head; needs e_above_hull labels).
+
+    Same data, config (plus an optional `energy:` section: beta, loss_weight, max_label) and run
+    directory layout as `dao train generator`.
+    """
+    run_training("energy", **options)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", default="default", show_default=True, help="DAO-P checkpoint or 'default'.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON lines to this file.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+def energy(files, model, out, fmt, device, batch_size) -> None:
+    """Predict the energy above hull (eV/atom) of structure FILES with DAO-P at t = 0.
+
+    FILES are CIFs (or CSV/extxyz/folders). One JSON line (or table row) per structure on stdout; an
+    unreadable file gives one `dao: error:` line on stderr and is skipped. Exit code 2 only when nothing
+    could be read.
+    """
+    from dao.models.checkpoint import load_energy_model
+    from dao.models.energy import predict_energies
+    from dao.predict import resolve_device as torch_device
+    from dao.relax import read_inputs, report_unreadable
+    from dao.structure_io import atomic_write_text
+
+    e_model = load_energy_model(model, torch_device(device))
+    items, errors = read_inputs(files)
+    report_unreadable(items, errors, lambda msg: click.echo(f"dao: error: {msg}", err=True))
+    preds = predict_energies(e_model, [c for _, c in items], batch_size=batch_size)
+    rows = [{"name": name, "source": str(c.meta.get("source", "")), "formula": c.to_structure().composition.reduced_formula,
+             "num_atoms": c.num_atoms, "e_above_hull_pred": round(float(e), 6)} for (name, c), e in zip(items, preds)]
+    lines = [json.dumps(r) for r in rows]
+    if fmt == "jsonl":
+        click.echo("\n".join(lines))
+    else:
+        w = max(len(r["name"]) for r in rows)
+        click.echo(f"{'name':<{w}}  {'formula':<12} {'atoms':>5}  E_hull (eV/atom)")
+        for r in rows:
+            click.echo(f"{r['name']:<{w}}  {r['formula']:<12} {r['num_atoms']:>5}  {r['e_above_hull_pred']:.4f}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, "\n".join(lines) + "\n")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", default="default", show_default=True, help="DAO-P checkpoint or 'default'.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (relaxed CIFs, summary.json).")
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Optimizer steps per structure.")
+@click.option("--fmax", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="Convergence: max force (eV/Å), and the cell filter's stress term.")
+@click.option("--max-volume-ratio", type=click.FloatRange(min=1, min_open=True), default=3.0, show_default=True,
+              help="Abort a structure whose volume grows or shrinks by more than this factor.")
+@click.option("--fixed-cell", is_flag=True, help="Relax positions only.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
+def relax(files, model, out, steps, fmax, max_volume_ratio, fixed_cell, device) -> None:
+    """Relax structure FILES under DAO-P at t = 0 (ASE L-BFGS over positions and cell, FrechetCellFilter).
+
+    Writes OUT/<name>.cif for every converged or step-limited structure and OUT/summary.json, all at once.
+    """
+    from dao.relax import run_relax
+
+    summary = run_relax(files, model, out, steps=steps, fmax=fmax, device=device, max_volume_ratio=max_volume_ratio,
+                        relax_cell=not fixed_cell, on_error=lambda msg: click.echo(f"dao: error: {msg}", err=True))
+    for r in summary["structures"]:
+        if "cif" in r:
+            click.echo(f"  {r['cif']}: {r['status']} after {r['steps']} steps, E {r['energy_initial']:.4f} → "
+                       f"{r['energy_final']:.4f} eV/atom, V {r['volume_initial']:.1f} → {r['volume_final']:.1f} Å³")
+    click.echo(f"relaxed {summary['num_written']} of {summary['num_inputs']} structures "
+               f"({summary['num_converged']} converged) into {out} in {summary['seconds']:.1f} s")
 
 
 def _register_optional() -> None:

@@ -1,7 +1,9 @@
 """Structure prediction for a formula: the ``dao predict`` pipeline and the Python API ``dao.predict``."""
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +15,7 @@ from dao.crystal import CrystalBatch
 from dao.formula import CellComposition, cells_to_generate
 
 DEFAULT_STEPS = 1000
+DEFAULT_GUIDANCE_SCALE = 20.0  # the published energy-guidance scale s (DESIGN §4)
 
 
 @dataclass
@@ -76,10 +79,34 @@ def generate(model, cells: Sequence[CellComposition], n: int, seed: int = 0, ste
     return samples
 
 
+def guidance_for(gen_model, energy_model, guidance_scale: float | None, device) -> tuple[list, object | None]:
+    """Energy guidance terms for ``generate`` (empty without an energy model) and the loaded DAO-P.
+
+    ``energy_model`` is a DAO-P checkpoint path, ``"default"``, a loaded model or None; the scale defaults
+    to the published 20. Raises :class:`DAOError` if the two models' diffusion schedules differ.
+    """
+    from dao.diffusion.guidance import energy_guidance
+    from dao.errors import DAOError
+    from dao.models.checkpoint import load_energy_model
+
+    if energy_model is None:
+        if guidance_scale is not None:
+            raise DAOError("a guidance scale needs an energy model (--energy-model)")
+        return [], None
+    scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+    if not np.isfinite(scale):
+        raise DAOError(f"guidance scale must be finite, got {guidance_scale}")
+    e_model = load_energy_model(energy_model, device) if isinstance(energy_model, (str, Path)) else energy_model
+    return energy_guidance(gen_model, e_model, scale), e_model
+
+
 def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int | None = None, seed: int = 0,
             steps: int | None = DEFAULT_STEPS, model="default", device: str = "auto", batch_size: int = 64,
-            progress: bool = False) -> list:
+            progress: bool = False, energy_model=None, guidance_scale: float | None = None) -> list:
     """Predict crystal structures for ``formula``; returns pymatgen Structures (usable samples only).
+
+    ``energy_model`` (a DAO-P checkpoint, ``"default"`` or a loaded model) turns on energy guidance with
+    ``guidance_scale`` (default 20); it must share the generator's diffusion schedule.
 
     >>> import dao
     >>> structures = dao.predict("CsV3Sb5", n=5, seed=0)
@@ -89,7 +116,9 @@ def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int |
     dev = resolve_device(device)
     gen_model = load_generator(model, dev) if isinstance(model, (str, Path)) else model
     cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
-    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, progress=progress)
+    guidance, _ = guidance_for(gen_model, energy_model, guidance_scale, next(gen_model.parameters()).device)
+    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, guidance=guidance,
+                       progress=progress)
     return [s.structure for s in samples if s.structure is not None]
 
 
@@ -136,7 +165,8 @@ def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra:
 
 
 def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_atoms: int | None, seed: int,
-                steps: int | None, model: str, device: str, batch_size: int = 64, progress: bool = True) -> dict:
+                steps: int | None, model: str, device: str, batch_size: int = 64, progress: bool = True,
+                energy_model: str | None = None, guidance_scale: float | None = None) -> dict:
     """The ``dao predict`` job: validate everything first, sample, then write all outputs at once."""
     from dao import __version__
     from dao.models.checkpoint import load_generator
@@ -145,14 +175,30 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_at
     dev = resolve_device(device)
     gen_model = load_generator(model, dev)
     cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
+    guidance, e_model = guidance_for(gen_model, energy_model, guidance_scale, dev)
     torch.manual_seed(seed)
-    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, progress=progress)
+    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, guidance=guidance,
+                       progress=progress)
     extra = {
         "formula": formula, "cells": [{"formula": c.formula, "z": c.z, "atoms": c.num_atoms} for c in cells],
         "n_per_cell": n, "seed": seed, "steps": steps or gen_model.config.diffusion.num_steps,
         "model": {"path": gen_model.checkpoint_path, "kind": "generator",
                   "max_atoms": gen_model.config.max_atoms},
+        "guidance": None if e_model is None else {"energy_model": getattr(e_model, "checkpoint_path", None),
+                                                  "scale": guidance[0].scale},
         "device": str(dev), "dao_version": __version__, "seconds": None,
     }
     extra["seconds"] = round(time.time() - t0, 2)
     return write_predictions(samples, out, extra)
+
+
+class _CallableModule(types.ModuleType):
+    """``dao.predict`` names both this module and the function :func:`predict`: once the submodule is
+    imported, Python binds it on the package over the lazily exported function. Calling the module calls
+    the function, so ``dao.predict(...)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return predict(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

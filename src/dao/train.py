@@ -1,6 +1,6 @@
 """Training on Lightning (CPU, one GPU, or DDP over many GPUs/nodes) with EMA, resume and export.
 
-``dao train generator --data A.csv B.csv --val V.csv --config cfg.yaml --out runs/x`` writes
+``dao train generator|energy --data A.csv B.csv --val V.csv --config cfg.yaml --out runs/x`` writes
 ``runs/x/model.pt`` (EMA weights + config, refreshed after every validation), Lightning checkpoints
 in ``runs/x/checkpoints`` (``--resume`` continues from ``last.ckpt``) and ``metrics.csv``.
 """

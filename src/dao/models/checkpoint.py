@@ -1,6 +1,6 @@
 """DAO checkpoints: one ``.pt`` file with weights, config and metadata, loadable with ``weights_only=True``.
 
-Layout: ``{"dao_format": 1, "kind": "generator", "config": {...}, "state_dict": {...}, "meta": {...}}``;
+Layout: ``{"dao_format": 1, "kind": "generator" | "energy", "config": {...}, "state_dict": {...}, "meta": {...}}``;
 config and meta hold only plain Python types (dict, list, str, int, float, bool, None).
 """
 from __future__ import annotations
@@ -17,6 +17,9 @@ from dao.errors import CheckpointError
 
 FORMAT_VERSION = 1
 DEFAULT_GENERATOR = "dao_g_default.pt"
+DEFAULT_ENERGY = "dao_p_default.pt"
+#: the bundled checkpoint that ``"default"`` names, per model kind
+DEFAULT_MODELS = {"generator": DEFAULT_GENERATOR, "energy": DEFAULT_ENERGY}
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -40,15 +43,15 @@ def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = Non
                        "state_dict": state, "meta": dict(meta or {})}, path)
 
 
-def resolve_model_path(spec: str | Path) -> Path:
-    """``default`` → the bundled DAO-G checkpoint; anything else is a path."""
+def resolve_model_path(spec: str | Path, kind: str = "generator") -> Path:
+    """``default`` → the bundled checkpoint of that kind (DAO-G unless ``kind="energy"``); else a path."""
     if str(spec) == "default":
-        return Path(str(resources.files("dao.resources").joinpath(DEFAULT_GENERATOR)))
+        return Path(str(resources.files("dao.resources").joinpath(DEFAULT_MODELS.get(kind, DEFAULT_GENERATOR))))
     return Path(spec)
 
 
 def load_checkpoint(spec: str | Path, kind: str | None = None) -> dict:
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, kind or "generator")
     if not path.is_file():
         hint = " (the bundled default model is missing from this install)" if str(spec) == "default" else ""
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
@@ -67,16 +70,39 @@ def load_checkpoint(spec: str | Path, kind: str | None = None) -> dict:
     return ckpt
 
 
-def load_generator(spec: str | Path = "default", device: str | torch.device = "cpu"):
-    """Load a DAO-G checkpoint (``"default"`` for the bundled one) as an eval-mode :class:`DAOGenerator`."""
-    from dao.models.generator import DAOGenerator, GeneratorConfig
+def model_class(kind: str):
+    """The model class that a checkpoint ``kind`` names."""
+    if kind == "generator":
+        from dao.models.generator import DAOGenerator
 
-    ckpt = load_checkpoint(spec, kind="generator")
+        return DAOGenerator
+    if kind == "energy":
+        from dao.models.energy import DAOEnergyModel
+
+        return DAOEnergyModel
+    raise CheckpointError(f"unknown model kind {kind!r}")
+
+
+def load_model(spec: str | Path, kind: str, device: str | torch.device = "cpu"):
+    """Load a checkpoint of the given kind as an eval-mode model on ``device``."""
+    ckpt = load_checkpoint(spec, kind=kind)
+    cls = model_class(kind)
     try:
-        model = DAOGenerator(GeneratorConfig.from_dict(ckpt["config"]))
+        model = cls(cls.config_class.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {ckpt['path']} does not match the model: {str(exc).splitlines()[0][:160]}") from None
     model.meta = ckpt.get("meta", {})
     model.checkpoint_path = ckpt["path"]
     return model.to(device).eval()
+
+
+def load_generator(spec: str | Path = "default", device: str | torch.device = "cpu"):
+    """Load a DAO-G checkpoint (``"default"`` for the bundled one) as an eval-mode :class:`DAOGenerator`."""
+    return load_model(spec, "generator", device)
+
+
+def load_energy_model(spec: str | Path = "default", device: str | torch.device = "cpu"):
+    """Load a DAO-P checkpoint (``"default"`` for the bundled one) as an eval-mode
+    :class:`~dao.models.energy.DAOEnergyModel`."""
+    return load_model(spec, "energy", device)

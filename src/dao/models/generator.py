@@ -32,16 +32,23 @@ class DAOGenerator(nn.Module):
     """Structure generator: predicts lattice noise ε and the normalised coordinate score."""
 
     kind = "generator"
+    config_class = GeneratorConfig
+    required_heads: tuple[str, ...] = ("lattice", "coord")
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
         mcfg = CrysformerConfig.from_dict(config.model.to_dict())
-        mcfg.heads_out = sorted(set(mcfg.heads_out) | {"lattice", "coord"})
+        mcfg.heads_out = sorted(set(mcfg.heads_out) | set(self.required_heads))
         self.backbone = Crysformer(mcfg)
         d = config.diffusion
         self.lattice_process = LatticeDDPM(d.num_steps, d.cosine_s)
         self.coord_process = WrappedNormalCoords(d.num_steps, d.sigma_min, d.sigma_max)
+
+    @classmethod
+    def from_training_data(cls, config: dict, crystals: Sequence) -> "DAOGenerator":
+        """Build a fresh model for ``dao train`` from the YAML config and the training crystals."""
+        return cls(GeneratorConfig.from_dict({**config, "max_atoms": max(c.num_atoms for c in crystals)}))
 
     def denoise(self, batch: CrystalBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.backbone(batch, t)
@@ -58,9 +65,13 @@ class DAOGenerator(nn.Module):
 
     def loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
         noisy, t, eps, target = self.noisy_batch(batch)
-        eps_pred, score_pred = self.denoise(noisy, t.float() / self.config.diffusion.num_steps)
-        loss_l = ((eps_pred - eps) ** 2).mean()
-        loss_f = ((score_pred - target) ** 2).mean()
+        out = self.backbone(noisy, t.float() / self.config.diffusion.num_steps)
+        return self.losses(batch, out, eps, target)
+
+    def losses(self, batch: CrystalBatch, out, eps: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_lattice + L_coord from the backbone output on the noised batch (subclasses add terms)."""
+        loss_l = ((out.lattice - eps) ** 2).mean()
+        loss_f = ((out.coord - target) ** 2).mean()
         return {"loss": loss_l + loss_f, "loss_lattice": loss_l, "loss_coord": loss_f}
 
     @torch.no_grad()

@@ -1,0 +1,89 @@
+"""`dao energy` and `dao relax`: outputs, per-file errors, and bad input without tracebacks or partial output."""
+from __future__ import annotations
+
+import json
+import math
+
+from tests.conftest import small_structures
+from tests.test_cli import assert_clean_failure, run_dao
+
+
+def write_cifs(tmp_path, names=("NaCl", "TiO2")):
+    paths = []
+    for name in names:
+        p = tmp_path / f"{name}.cif"
+        p.write_text(small_structures()[name].to(fmt="cif"))
+        paths.append(p)
+    return paths
+
+
+def test_energy_prints_one_json_line_per_structure_and_skips_bad_files(tmp_path, tiny_energy_checkpoint):
+    good = write_cifs(tmp_path)
+    bad = tmp_path / "broken.cif"
+    bad.write_text("data_x\n_cell_length_a 3\nnonsense\n")
+    out = tmp_path / "e.jsonl"
+    proc = run_dao("energy", str(good[0]), str(bad), str(good[1]), "--model", str(tiny_energy_checkpoint),
+                   "--out", str(out), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "broken.cif" in err[0] and err[0].startswith("dao: error:")
+    rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    assert [r["name"] for r in rows] == ["NaCl", "TiO2"] and [r["num_atoms"] for r in rows] == [2, 6]
+    assert all(math.isfinite(r["e_above_hull_pred"]) for r in rows)
+    assert [json.loads(ln) for ln in out.read_text().splitlines()] == rows
+    # the Python calculator agrees with `dao energy`
+    import torch
+
+    import dao
+
+    atoms = dao.Crystal.from_structure(small_structures()["TiO2"]).to_atoms()
+    atoms.calc = dao.DAOCalculator(str(tiny_energy_checkpoint), dtype=torch.float32)
+    assert abs(atoms.get_potential_energy() / 6 - rows[1]["e_above_hull_pred"]) < 1e-4
+
+
+def test_energy_bad_input(tmp_path, tiny_energy_checkpoint, tiny_checkpoint):
+    bad = tmp_path / "broken.cif"
+    bad.write_text("garbage\n")
+    out = tmp_path / "e.jsonl"
+    assert_clean_failure(run_dao("energy", str(bad), "--model", str(tiny_energy_checkpoint), "--out", str(out)),
+                         "broken.cif")
+    assert not out.exists()
+    good = write_cifs(tmp_path, ("NaCl",))[0]
+    assert_clean_failure(run_dao("energy", str(good), "--model", str(tiny_checkpoint)),
+                         "holds a 'generator' model, expected 'energy'")
+    assert_clean_failure(run_dao("energy", str(tmp_path / "missing.cif"), "--model", str(tiny_energy_checkpoint)),
+                         "missing.cif")
+
+
+def test_relax_bad_input_leaves_nothing_behind(tmp_path, tiny_energy_checkpoint):
+    good = write_cifs(tmp_path, ("NaCl",))[0]
+    out = tmp_path / "relaxed"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_clean_failure(run_dao("relax", str(good), "--model", str(tmp_path / "nope.pt"), "--out", str(out)),
+                         "checkpoint not found")
+    bad = tmp_path / "broken.cif"
+    bad.write_text("garbage\n")
+    assert_clean_failure(run_dao("relax", str(bad), "--model", str(tiny_energy_checkpoint), "--out", str(out)),
+                         "broken.cif")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["broken.cif"])  # no temp folders
+
+
+def test_relax_writes_cifs_and_summary(tmp_path, tiny_energy_checkpoint):
+    from pymatgen.core import Structure
+
+    from dao.cli import main
+
+    paths = write_cifs(tmp_path)
+    out = tmp_path / "relaxed"
+    main(["relax", *map(str, paths), "--model", str(tiny_energy_checkpoint), "--out", str(out), "--steps", "5",
+          "--fmax", "0.01"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_inputs"] == 2 and summary["steps"] == 5 and "LBFGS" in summary["optimizer"]
+    for rec, name in zip(summary["structures"], ["NaCl", "TiO2"]):
+        assert rec["name"] == name and rec["status"] in {"converged", "not_converged", "aborted"}
+        assert rec["steps"] <= 5 and math.isfinite(rec["energy_final"])
+        if rec["status"] != "aborted":
+            s = Structure.from_file(out / rec["cif"])
+            assert s.composition.reduced_formula == name and len(s) == rec["num_atoms"]
+            assert abs(s.volume - rec["volume_final"]) < 1e-3 * rec["volume_final"]
