@@ -31,7 +31,7 @@ def main() -> None:
 
     from dao.crystal import CrystalBatch
     from dao.models.checkpoint import load_generator
-    from dao.predict import resolve_device
+    from dao.runtime import resolve_device
 
     device = resolve_device(args.device)
     model = load_generator(args.model, device)

@@ -31,7 +31,7 @@ def main() -> None:
 
     from dao.data.dataset import BucketBatchSampler, collate
     from dao.models.generator import DAOGenerator, GeneratorConfig
-    from dao.predict import resolve_device
+    from dao.runtime import resolve_device
     from dao.train import load_config
 
     device = resolve_device(args.device)

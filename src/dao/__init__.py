@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "predict": ("dao.predict", "predict"),
+    "predict": ("dao.prediction", "predict"),
     "load_generator": ("dao.models.checkpoint", "load_generator"),
     "load_energy_model": ("dao.models.checkpoint", "load_energy_model"),
     "DAOCalculator": ("dao.calculator", "DAOCalculator"),
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dao.crystal import Crystal, CrystalBatch
     from dao.errors import DAOError
     from dao.models.checkpoint import load_energy_model, load_generator
-    from dao.predict import predict
+    from dao.prediction import predict
 
 
 def __getattr__(name: str) -> Any:

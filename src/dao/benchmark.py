@@ -29,7 +29,8 @@ def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit:
 
     from dao.evaluate import evaluate, load_predictions, load_references, write_report
     from dao.models.checkpoint import load_generator
-    from dao.predict import generate, resolve_device
+    from dao.prediction import generate
+    from dao.runtime import resolve_device
     from dao.structure_io import write_cif
 
     out = Path(out)
@@ -64,7 +65,7 @@ def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit:
     result = evaluate(predictions, refs, k=k, workers=workers, cache_path=out / "cache.jsonl", progress=progress,
                       reference_ids=ids)
     result.summary["generation"] = {
-        "model": gen_model.checkpoint_path, "k": k, "steps": steps or gen_model.config.diffusion.num_steps,
+        "model": gen_model.checkpoint_path, "k": k, "steps": steps or gen_model.default_steps, "method": gen_model.method,
         "seed": seed, "split": str(split), "num_compositions": len(refs), "rows_generated_this_run": len(todo),
         "sampling_seconds_this_run": round(sample_seconds, 1),
         "seconds_per_structure_this_run": round(sample_seconds / max(1, len(todo) * k), 3),

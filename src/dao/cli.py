@@ -12,16 +12,6 @@ from dao.errors import DAOError
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DAOError("--device cuda requested but no CUDA GPU is available")
-    return device
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="dao-csp", prog_name="dao")
 def cli() -> None:
@@ -48,15 +38,17 @@ def cli() -> None:
               help="DAO-P checkpoint (or 'default') for energy-guided sampling; same diffusion schedule as --model.")
 @click.option("--guidance-scale", type=float, default=None,
               help="Energy-guidance scale s (needs --energy-model; default 20, the published value).")
+@click.option("--method", type=click.Choice(["diffusion", "flow"]), default=None,
+              help="Require a generator of this kind (the checkpoint decides; see `dao info`).")
 def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress, energy_model,
-            guidance_scale) -> None:
+            guidance_scale, method) -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
-    from dao.predict import run_predict
+    from dao.prediction import run_predict
 
     if out is None:
         out = Path("predictions") / "".join(ch for ch in formula if ch.isalnum() or ch in "()") if formula.strip() else Path("predictions")
     summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                          energy_model=energy_model, guidance_scale=guidance_scale)
+                          energy_model=energy_model, guidance_scale=guidance_scale, method=method)
     for rec in summary["samples"]:
         if "error" in rec:
             click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
@@ -135,11 +127,13 @@ def _train_options(f):
     return f
 
 
-def run_training(kind: str, data, val, exclude, config, out, resume, seed, device, devices, num_nodes, max_time) -> Path:
+def run_training(kind: str, data, val, exclude, config, out, resume, seed, device, devices, num_nodes, max_time,
+                 method: str | None = None) -> Path:
     """Everything `dao train <kind>` does: read and filter data, build the model of that kind, fit."""
     from dao.data.dedupe import remove_overlap
     from dao.data.readers import read_any
     from dao.models.checkpoint import model_class
+    from dao.runtime import resolve_device
     from dao.train import TrainConfig, fit, load_config, load_crystals
 
     cfg = load_config(config)
@@ -158,7 +152,9 @@ def run_training(kind: str, data, val, exclude, config, out, resume, seed, devic
         report["removed_overlapping_excluded"] = removed
     if not crystals:
         raise DAOError("no training structures left after reading and filtering")
-    model = model_class(kind).from_training_data(cfg, crystals)
+    if method is not None:
+        cfg["method"] = method
+    model = model_class(kind, cfg).from_training_data(cfg, crystals)
     name = _MODEL_NAMES.get(kind, kind)
     click.echo(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
                f"{len(crystals)} crystals, validating on {len(val_crystals)}", err=True)
@@ -168,7 +164,7 @@ def run_training(kind: str, data, val, exclude, config, out, resume, seed, devic
                    f"with mean {energy_cfg.mean:.4f}, std {energy_cfg.std:.4f} eV/atom", err=True)
     meta = {"data": [str(p) for p in data], "val": [str(p) for p in val], "exclude": [str(p) for p in exclude],
             "data_report": report, "command": " ".join(sys.argv)}
-    path = fit(model, crystals, val_crystals, tcfg, out, resume=resume, device=resolve_device(device),
+    path = fit(model, crystals, val_crystals, tcfg, out, resume=resume, device=resolve_device(device).type,
                devices=devices if devices == "auto" else int(devices), num_nodes=num_nodes, meta=meta)
     click.echo(f"model written to {path}", err=True)
     return path
@@ -176,8 +172,10 @@ def run_training(kind: str, data, val, exclude, config, out, resume, seed, devic
 
 @train.command("generator")
 @_train_options
+@click.option("--method", type=click.Choice(["diffusion", "flow"]), default=None,
+              help="Diffusion (DESIGN §3, default) or flow matching; overrides `method:` of the config.")
 def train_generator(**options) -> None:
-    """Train a DAO-G structure generator."""
+    """Train a DAO-G structure generator (diffusion or flow matching)."""
     run_training("generator", **options)
 
 
@@ -208,11 +206,11 @@ def energy(files, model, out, fmt, device, batch_size) -> None:
     """
     from dao.models.checkpoint import load_energy_model
     from dao.models.energy import predict_energies
-    from dao.predict import resolve_device as torch_device
+    from dao.runtime import resolve_device
     from dao.relax import read_inputs, report_unreadable
     from dao.structure_io import atomic_write_text
 
-    e_model = load_energy_model(model, torch_device(device))
+    e_model = load_energy_model(model, resolve_device(device))
     items, errors = read_inputs(files)
     report_unreadable(items, errors, lambda msg: click.echo(f"dao: error: {msg}", err=True))
     preds = predict_energies(e_model, [c for _, c in items], batch_size=batch_size)

@@ -129,7 +129,7 @@ def run_relax(paths: Sequence[str | Path], model: str, out: str | Path, steps: i
     from dao import __version__
     from dao.calculator import DAOCalculator
     from dao.models.checkpoint import load_energy_model
-    from dao.predict import resolve_device
+    from dao.runtime import resolve_device
     from dao.structure_io import staged_output_dir, write_cif, write_json
 
     t0 = time.time()

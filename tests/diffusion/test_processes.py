@@ -107,7 +107,7 @@ def test_pc_sampler_with_oracle_recovers_the_crystal(steps):
 
 
 def test_sampler_is_deterministic_for_a_seed_and_returns_finite_cells(tiny_generator):
-    from dao.predict import finalize_structure
+    from dao.prediction import finalize_structure
 
     template = CrystalBatch.from_compositions([[11, 17], [8, 8, 26, 26, 26], [6] * 8])
     a = tiny_generator.sample(template, num_steps=20, generator=torch.Generator().manual_seed(3))
@@ -124,7 +124,7 @@ def test_sampler_is_deterministic_for_a_seed_and_returns_finite_cells(tiny_gener
 def test_finalize_flips_negative_volume_cells_without_changing_the_crystal(structures):
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from dao.predict import finalize_structure
+    from dao.prediction import finalize_structure
 
     s = structures["ZnO"]  # polar, not centrosymmetric
     numbers = np.array([site.specie.Z for site in s])

@@ -67,3 +67,25 @@ def test_benchmark_generates_and_scores_every_row(tmp_path, tiny_checkpoint):
     again = json.loads((out / "summary.json").read_text())
     assert again["generation"]["rows_generated_this_run"] == 0
     assert again["match_rate_unfiltered"] == summary["match_rate_unfiltered"]
+
+
+def test_flow_generator_trains_exports_and_predicts(tmp_path):
+    from dao.cli import main
+    from dao.models.checkpoint import load_generator
+
+    data = write_csv(tmp_path / "train.csv", small_structures())
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.replace("STEPS", "3") + "flow: {num_steps: 6, integrator: heun}\n")
+    out = tmp_path / "run"
+    main(["train", "generator", "--method", "flow", "--data", str(data), "--config", str(cfg), "--out", str(out),
+          "--device", "cpu"])
+    model = load_generator(out / "model.pt")
+    assert model.method == "flow" and model.default_steps == 6
+    pred = tmp_path / "pred"
+    main(["predict", "ZnO", "-n", "2", "--model", str(out / "model.pt"), "--method", "flow", "--out", str(pred),
+          "--no-progress"])
+    summary = json.loads((pred / "summary.json").read_text())
+    assert summary["method"] == "flow" and summary["steps"] == 6 and summary["num_requested"] == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "ZnO", "--model", str(out / "model.pt"), "--method", "diffusion", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2 and not (tmp_path / "x").exists()

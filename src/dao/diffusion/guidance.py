@@ -38,7 +38,10 @@ class EnergyGuidance:
 
 def check_same_schedule(generator, energy_model) -> None:
     """Raise :class:`DAOError` unless both models were trained with the same diffusion schedule
-    (num_steps, and the σ / cosine parameters that map a step index to a noise level)."""
+    (num_steps, and the σ / cosine parameters that map a step index to a noise level). A flow-matching
+    generator has no schedule: its ODE passes t = 1 − τ, which DAO-P reads as a diffusion noise level."""
+    if getattr(generator, "method", "diffusion") == "flow":
+        return
     g, e = asdict(generator.config.diffusion), asdict(energy_model.config.diffusion)
     keys = ("num_steps", "cosine_s", "sigma_min", "sigma_max")
     diff = [f"{k} {g[k]} vs {e[k]}" for k in keys if g[k] != e[k]]
@@ -48,7 +51,7 @@ def check_same_schedule(generator, energy_model) -> None:
 
 
 def energy_guidance(generator, energy_model, scale: float = 20.0) -> list[EnergyGuidance]:
-    """The guidance list for :func:`dao.predict.generate`, after checking the two models are compatible."""
+    """The guidance list for :func:`dao.prediction.generate`, after checking the two models are compatible."""
     check_same_schedule(generator, energy_model)
     if not hasattr(energy_model, "energy"):
         raise DAOError("the energy model has no energy head (expected a DAO-P checkpoint)")

@@ -70,9 +70,16 @@ def load_checkpoint(spec: str | Path, kind: str | None = None) -> dict:
     return ckpt
 
 
-def model_class(kind: str):
-    """The model class that a checkpoint ``kind`` names."""
+def model_class(kind: str, config: dict | None = None):
+    """The model class that a checkpoint ``kind`` (and, for generators, ``config["method"]``) names."""
     if kind == "generator":
+        method = (config or {}).get("method", "diffusion")
+        if method == "flow":
+            from dao.models.flow import DAOFlowGenerator
+
+            return DAOFlowGenerator
+        if method != "diffusion":
+            raise CheckpointError(f"unknown generator method {method!r} (diffusion or flow)")
         from dao.models.generator import DAOGenerator
 
         return DAOGenerator
@@ -86,7 +93,7 @@ def model_class(kind: str):
 def load_model(spec: str | Path, kind: str, device: str | torch.device = "cpu"):
     """Load a checkpoint of the given kind as an eval-mode model on ``device``."""
     ckpt = load_checkpoint(spec, kind=kind)
-    cls = model_class(kind)
+    cls = model_class(kind, ckpt["config"])
     try:
         model = cls(cls.config_class.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["state_dict"])

@@ -40,6 +40,8 @@ class DAOFlowGenerator(nn.Module):
     """Structure generator by conditional flow matching; ``sample`` has DAOGenerator's signature."""
 
     kind = "generator"
+    method = "flow"
+    config_class = FlowGeneratorConfig
 
     def __init__(self, config: FlowGeneratorConfig) -> None:
         super().__init__()
@@ -48,6 +50,11 @@ class DAOFlowGenerator(nn.Module):
         mcfg.heads_out = sorted(set(mcfg.heads_out) | {"lattice", "coord"})
         self.backbone = Crysformer(mcfg)
         self.flow = CrystalFlow()
+
+    @classmethod
+    def from_training_data(cls, config: dict, crystals) -> "DAOFlowGenerator":
+        """Build a fresh model for ``dao train generator --method flow`` from the YAML config and the data."""
+        return cls(FlowGeneratorConfig.from_dict({**config, "max_atoms": max(c.num_atoms for c in crystals)}))
 
     @property
     def default_steps(self) -> int:

@@ -32,6 +32,7 @@ class DAOGenerator(nn.Module):
     """Structure generator: predicts lattice noise ε and the normalised coordinate score."""
 
     kind = "generator"
+    method = "diffusion"
     config_class = GeneratorConfig
     required_heads: tuple[str, ...] = ("lattice", "coord")
 
@@ -49,6 +50,11 @@ class DAOGenerator(nn.Module):
     def from_training_data(cls, config: dict, crystals: Sequence) -> "DAOGenerator":
         """Build a fresh model for ``dao train`` from the YAML config and the training crystals."""
         return cls(GeneratorConfig.from_dict({**config, "max_atoms": max(c.num_atoms for c in crystals)}))
+
+    @property
+    def default_steps(self) -> int:
+        """Sampling steps used when none are given: the full training schedule."""
+        return self.config.diffusion.num_steps
 
     def denoise(self, batch: CrystalBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.backbone(batch, t)

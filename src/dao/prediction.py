@@ -1,9 +1,7 @@
 """Structure prediction for a formula: the ``dao predict`` pipeline and the Python API ``dao.predict``."""
 from __future__ import annotations
 
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +10,9 @@ import numpy as np
 import torch
 
 from dao.crystal import CrystalBatch
+from dao.errors import DAOError
 from dao.formula import CellComposition, cells_to_generate
+from dao.runtime import resolve_device
 
 DEFAULT_STEPS = 1000
 DEFAULT_GUIDANCE_SCALE = 20.0  # the published energy-guidance scale s (DESIGN §4)
@@ -27,16 +27,6 @@ class Sample:
     structure: object | None  # pymatgen Structure
     error: str | None = None
     info: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    from dao.errors import DAOError
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DAOError("--device cuda requested but no CUDA GPU is available")
-    return torch.device(device)
 
 
 def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray):
@@ -86,7 +76,6 @@ def guidance_for(gen_model, energy_model, guidance_scale: float | None, device) 
     to the published 20. Raises :class:`DAOError` if the two models' diffusion schedules differ.
     """
     from dao.diffusion.guidance import energy_guidance
-    from dao.errors import DAOError
     from dao.models.checkpoint import load_energy_model
 
     if energy_model is None:
@@ -166,7 +155,7 @@ def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra:
 
 def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_atoms: int | None, seed: int,
                 steps: int | None, model: str, device: str, batch_size: int = 64, progress: bool = True,
-                energy_model: str | None = None, guidance_scale: float | None = None) -> dict:
+                energy_model: str | None = None, guidance_scale: float | None = None, method: str | None = None) -> dict:
     """The ``dao predict`` job: validate everything first, sample, then write all outputs at once."""
     from dao import __version__
     from dao.models.checkpoint import load_generator
@@ -174,6 +163,9 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_at
     t0 = time.time()
     dev = resolve_device(device)
     gen_model = load_generator(model, dev)
+    if method is not None and method != gen_model.method:
+        raise DAOError(f"--method {method}, but {gen_model.checkpoint_path} is a {gen_model.method} generator "
+                       f"(train one with `dao train generator --method {method}`)")
     cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
     guidance, e_model = guidance_for(gen_model, energy_model, guidance_scale, dev)
     torch.manual_seed(seed)
@@ -181,7 +173,7 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_at
                        progress=progress)
     extra = {
         "formula": formula, "cells": [{"formula": c.formula, "z": c.z, "atoms": c.num_atoms} for c in cells],
-        "n_per_cell": n, "seed": seed, "steps": steps or gen_model.config.diffusion.num_steps,
+        "n_per_cell": n, "seed": seed, "steps": steps or gen_model.default_steps, "method": gen_model.method,
         "model": {"path": gen_model.checkpoint_path, "kind": "generator",
                   "max_atoms": gen_model.config.max_atoms},
         "guidance": None if e_model is None else {"energy_model": getattr(e_model, "checkpoint_path", None),
@@ -190,15 +182,3 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_at
     }
     extra["seconds"] = round(time.time() - t0, 2)
     return write_predictions(samples, out, extra)
-
-
-class _CallableModule(types.ModuleType):
-    """``dao.predict`` names both this module and the function :func:`predict`: once the submodule is
-    imported, Python binds it on the package over the lazily exported function. Calling the module calls
-    the function, so ``dao.predict(...)`` works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
