@@ -14,7 +14,6 @@ from dao.errors import DAOError
 from dao.formula import CellComposition, cells_to_generate
 from dao.runtime import resolve_device
 
-DEFAULT_STEPS = 1000
 DEFAULT_GUIDANCE_SCALE = 20.0  # the published energy-guidance scale s (DESIGN §4)
 
 
@@ -90,7 +89,7 @@ def guidance_for(gen_model, energy_model, guidance_scale: float | None, device) 
 
 
 def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int | None = None, seed: int = 0,
-            steps: int | None = DEFAULT_STEPS, model="default", device: str = "auto", batch_size: int = 64,
+            steps: int | None = None, model="default", device: str = "auto", batch_size: int = 64,
             progress: bool = False, energy_model=None, guidance_scale: float | None = None) -> list:
     """Predict crystal structures for ``formula``; returns pymatgen Structures (usable samples only).
 
