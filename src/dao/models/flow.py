@@ -9,7 +9,7 @@ from torch import nn
 
 from dao.crystal import CrystalBatch
 from dao.diffusion.flow import CrystalFlow, sample_ode
-from dao.nn.crysformer import Crysformer, CrysformerConfig
+from dao.nn.crysformer import Crysformer, CrysformerConfig, with_heads
 
 
 @dataclass
@@ -46,9 +46,7 @@ class DAOFlowGenerator(nn.Module):
     def __init__(self, config: FlowGeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        mcfg = CrysformerConfig.from_dict(config.model.to_dict())
-        mcfg.heads_out = sorted(set(mcfg.heads_out) | {"lattice", "coord"})
-        self.backbone = Crysformer(mcfg)
+        self.backbone = Crysformer(with_heads(config.model, ("lattice", "coord")))
         self.flow = CrystalFlow()
 
     @classmethod

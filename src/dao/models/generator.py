@@ -10,7 +10,7 @@ from torch import nn
 from dao.crystal import CrystalBatch
 from dao.diffusion.processes import DiffusionConfig, LatticeDDPM, WrappedNormalCoords
 from dao.diffusion.sampler import GuidanceTerm, sample_pc
-from dao.nn.crysformer import Crysformer, CrysformerConfig
+from dao.nn.crysformer import Crysformer, CrysformerConfig, with_heads
 
 
 @dataclass
@@ -39,9 +39,7 @@ class DAOGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        mcfg = CrysformerConfig.from_dict(config.model.to_dict())
-        mcfg.heads_out = sorted(set(mcfg.heads_out) | set(self.required_heads))
-        self.backbone = Crysformer(mcfg)
+        self.backbone = Crysformer(with_heads(config.model, self.required_heads))
         d = config.diffusion
         self.lattice_process = LatticeDDPM(d.num_steps, d.cosine_s)
         self.coord_process = WrappedNormalCoords(d.num_steps, d.sigma_min, d.sigma_max)

@@ -34,6 +34,13 @@ class CrysformerConfig:
         return asdict(self)
 
 
+def with_heads(cfg: CrysformerConfig, heads) -> CrysformerConfig:
+    """A copy of ``cfg`` whose output heads include ``heads`` (a model's required heads)."""
+    out = CrysformerConfig.from_dict(cfg.to_dict())
+    out.heads_out = sorted(set(out.heads_out) | set(heads))
+    return out
+
+
 class CrysformerOutput(NamedTuple):
     lattice: torch.Tensor | None  # (B, 3, 3), O(3)-equivariant
     coord: torch.Tensor | None  # (Nt, 3), invariant
