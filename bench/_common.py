@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("DAO_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+from dao.data.paths import data_dir  # noqa: E402,F401  (re-exported for the scripts)
 
 
 def mp20_crystals(split: str, n: int):

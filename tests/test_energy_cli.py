@@ -70,6 +70,7 @@ def test_relax_bad_input_leaves_nothing_behind(tmp_path, tiny_energy_checkpoint)
 
 
 def test_relax_writes_cifs_and_summary(tmp_path, tiny_energy_checkpoint):
+    from ase.io import read
     from pymatgen.core import Structure
 
     from dao.cli import main
@@ -79,7 +80,7 @@ def test_relax_writes_cifs_and_summary(tmp_path, tiny_energy_checkpoint):
     main(["relax", *map(str, paths), "--model", str(tiny_energy_checkpoint), "--out", str(out), "--steps", "5",
           "--fmax", "0.01"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_inputs"] == 2 and summary["steps"] == 5 and "LBFGS" in summary["optimizer"]
+    assert summary["num_inputs"] == 2 and summary["steps"] == 5 and "FIRE" in summary["optimizer"]
     for rec, name in zip(summary["structures"], ["NaCl", "TiO2"]):
         assert rec["name"] == name and rec["status"] in {"converged", "not_converged", "aborted"}
         assert rec["steps"] <= 5 and math.isfinite(rec["energy_final"])
@@ -87,3 +88,6 @@ def test_relax_writes_cifs_and_summary(tmp_path, tiny_energy_checkpoint):
             s = Structure.from_file(out / rec["cif"])
             assert s.composition.reduced_formula == name and len(s) == rec["num_atoms"]
             assert abs(s.volume - rec["volume_final"]) < 1e-3 * rec["volume_final"]
+            frames = read(out / rec["trajectory"], index=":")
+            assert len(frames) == rec["steps"] + 1 and abs(frames[-1].get_volume() - s.volume) < 1e-3 * s.volume
+            assert frames[0].get_forces().shape == (rec["num_atoms"], 3)

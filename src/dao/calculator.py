@@ -76,6 +76,16 @@ class DAOCalculator(Calculator):
         super().reset()
         self._basis = None
 
+    @property
+    def state(self):
+        """The per-structure Niggli basis (kept across steps); relaxing several structures with one calculator
+        saves and restores it per structure (see :class:`dao.potentials.CalculatorPotential`)."""
+        return self._basis
+
+    @state.setter
+    def state(self, value) -> None:
+        self._basis = value
+
     def basis_transform(self, numbers: np.ndarray, cell: np.ndarray) -> np.ndarray:
         if not self.niggli:
             return np.eye(3)

@@ -1,83 +1,192 @@
-"""Relaxation under DAO-P at t = 0: ``dao relax`` and the building block of dataset relaxation (DESIGN §5).
+"""Batched structure relaxation: ``dao relax`` and the building block of dataset relaxation (DESIGN §5).
 
-Optimiser: ASE's L-BFGS on ``FrechetCellFilter(atoms)`` (positions and cell jointly, the cell through a
-log-strain parametrisation) with :class:`~dao.calculator.DAOCalculator` (float64 autograd forces and
-stress). Guards: at most ``steps`` optimiser steps, and a structure is abandoned ("aborted") as soon as its
-volume leaves [V₀/r, r·V₀] (r = ``max_volume_ratio``, 3 by default) or its energy, positions or cell stop
-being finite — a learned energy can run away where it has seen no data.
+Optimiser: FIRE (Bitzek et al. 2006, with ASE's default parameters) on ``FrechetCellFilter(atoms)``
+(positions and cell jointly, the cell through a log-strain parametrisation), run in lock-step over many
+structures so that a potential evaluates all unfinished structures of a step in one batch
+(:mod:`dao.potentials`: DAO-P or CHGNet). Guards, per structure: at most ``steps`` steps, a wall-clock
+``timeout``, and a structure is stopped ("aborted", its last finite state kept) as soon as its volume leaves
+[V₀/r, r·V₀] (r = ``max_volume_ratio``) or its energy, forces, positions or cell stop being finite — a
+learned energy can run away where it has seen no data.
 """
 from __future__ import annotations
 
 import math
 import time
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from dao.errors import DAOError, StructureReadError
 
 
-class _Runaway(Exception):
-    pass
+class Fire:
+    """FIRE state of one structure (ASE's parameters: dt 0.1, dtmax 1.0, Nmin 5, finc 1.1, fdec 0.5,
+    astart 0.1, fa 0.99); ``maxstep`` caps the norm of one step."""
+
+    def __init__(self, maxstep: float = 0.2, dt: float = 0.1, dtmax: float = 1.0, nmin: int = 5,
+                 finc: float = 1.1, fdec: float = 0.5, astart: float = 0.1, fa: float = 0.99) -> None:
+        self.maxstep, self.dt, self.dtmax, self.nmin = maxstep, dt, dtmax, nmin
+        self.finc, self.fdec, self.astart, self.fa = finc, fdec, astart, fa
+        self.a, self.n_pos, self.v = astart, 0, None
+
+    def step(self, f: np.ndarray) -> np.ndarray:
+        """Displacement for generalised forces ``f``."""
+        if self.v is None:
+            self.v = np.zeros_like(f)
+        else:
+            vf = float(np.vdot(f, self.v))
+            if vf > 0.0:
+                fnorm = math.sqrt(float(np.vdot(f, f)))
+                vnorm = math.sqrt(float(np.vdot(self.v, self.v)))
+                self.v = (1.0 - self.a) * self.v + self.a * f / max(fnorm, 1e-300) * vnorm
+                if self.n_pos > self.nmin:
+                    self.dt = min(self.dt * self.finc, self.dtmax)
+                    self.a *= self.fa
+                self.n_pos += 1
+            else:
+                self.v = np.zeros_like(f)
+                self.a, self.dt, self.n_pos = self.astart, self.dt * self.fdec, 0
+        self.v = self.v + self.dt * f
+        dr = self.dt * self.v
+        norm = math.sqrt(float(np.vdot(dr, dr)))
+        return dr * (self.maxstep / norm) if norm > self.maxstep else dr
+
+
+@dataclass
+class Relaxation:
+    """Result for one structure: final ``atoms`` (the last finite state when aborted), ``record`` (status,
+    steps, energies per atom, volumes, max force/stress, reason) and ``trajectory`` frames (ase.Atoms with
+    energy, forces and stress attached) when requested."""
+
+    atoms: object
+    record: dict
+    trajectory: list = field(default_factory=list)
+
+
+def _with_results(atoms, res):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = SinglePointCalculator(atoms, energy=res.energy, free_energy=res.energy, forces=res.forces,
+                                       stress=res.stress)
+    return atoms
+
+
+class _Job:
+    def __init__(self, atoms, relax_cell: bool, maxstep: float) -> None:
+        from ase.filters import FrechetCellFilter
+
+        self.atoms = atoms.copy()
+        self.atoms.calc = None
+        self.target = FrechetCellFilter(self.atoms) if relax_cell else self.atoms
+        self.fire = Fire(maxstep=maxstep)
+        self.n = len(self.atoms)
+        self.v0 = float(self.atoms.get_volume())
+        self.record: dict = {"num_atoms": self.n, "volume_initial": self.v0}
+        self.last_good = None  # (atoms copy with results, max force, max stress)
+        self.trajectory: list = []
+        self.steps = 0
+
+    def accept(self, res) -> float:
+        """Take the potential's result at the current state; returns the convergence measure."""
+        _with_results(self.atoms, res)
+        g = self.target.get_forces()
+        fnow = float(np.sqrt((g**2).sum(1)).max()) if len(g) else 0.0
+        snap = _with_results(self.atoms.copy(), res)
+        self.last_good = (snap, float(np.sqrt((res.forces**2).sum(1)).max()) if self.n else 0.0,
+                          float(np.abs(res.stress).max()))
+        if "energy_initial" not in self.record:
+            self.record["energy_initial"] = res.energy / self.n
+        self._g = g
+        return fnow
+
+    def move(self, max_volume_ratio: float) -> str | None:
+        x = self.target.get_positions()
+        self.target.set_positions(x + self.fire.step(self._g))
+        self.steps += 1
+        v = float(self.atoms.get_volume())
+        if not (np.isfinite(self.atoms.positions).all() and np.isfinite(self.atoms.cell.array).all() and math.isfinite(v)):
+            return "non-finite positions or cell"
+        if not (self.v0 / max_volume_ratio <= v <= self.v0 * max_volume_ratio):
+            return f"volume changed by ×{v / self.v0:.3g} (limit ×{max_volume_ratio:g})"
+        return None
+
+    def finish(self, status: str, reason: str | None = None) -> Relaxation:
+        rec = dict(self.record, status=status, steps=self.steps)
+        if reason:
+            rec["reason"] = reason
+        if self.last_good is None:
+            return Relaxation(self.atoms, rec, self.trajectory)
+        atoms, fmax_atoms, smax = self.last_good
+        rec.update(energy_final=float(atoms.get_potential_energy()) / self.n, volume_final=float(atoms.get_volume()),
+                   max_force=fmax_atoms, max_stress=smax)
+        return Relaxation(atoms, rec, self.trajectory)
+
+
+def relax_batch(atoms_list: Sequence, potential, *, steps: int = 500, fmax: float = 0.05, relax_cell: bool = True,
+                max_volume_ratio: float = 3.0, timeout: float | None = None, maxstep: float = 0.2,
+                trajectory_every: int = 0, progress: Callable[[int, int], None] | None = None) -> list[Relaxation]:
+    """Relax copies of ``atoms_list`` together under ``potential`` (see :mod:`dao.potentials`).
+
+    Each structure ends ``"converged"`` (max generalised force — atoms and, with the cell, the filter's
+    stress term — below ``fmax``), ``"not_converged"`` (``steps`` used), ``"timeout"`` (more than ``timeout``
+    seconds since the batch started), ``"aborted"`` (volume or non-finite guard; last finite state kept)
+    or ``"error"`` (the potential failed on it, e.g. CHGNet on an atom with no neighbour within 5 Å).
+    Energies in the records are per atom. ``trajectory_every`` > 0 keeps every that many steps (and the last).
+    ``progress(n_done, n_total)`` is called after each step.
+    """
+    jobs = [_Job(a, relax_cell, maxstep) for a in atoms_list]
+    done: dict[int, Relaxation] = {}
+    active = list(range(len(jobs)))
+    t0 = time.perf_counter()
+    while active:
+        results = potential.compute([(i, jobs[i].atoms) for i in active])
+        still = []
+        for i, res in zip(active, results):
+            job = jobs[i]
+            if isinstance(res, Exception):
+                done[i] = job.finish("error", f"{type(res).__name__}: {str(res)[:200]}")
+                continue
+            if not res.is_finite():
+                done[i] = job.finish("aborted", "non-finite energy, forces or stress")
+                continue
+            fnow = job.accept(res)
+            if trajectory_every and (job.steps % trajectory_every == 0):
+                job.trajectory.append(job.last_good[0])
+            if fnow < fmax:
+                status = "converged"
+            elif job.steps >= steps:
+                status = "not_converged"
+            elif timeout is not None and time.perf_counter() - t0 > timeout:
+                status = "timeout"
+            else:
+                reason = job.move(max_volume_ratio)
+                if reason is None:
+                    still.append(i)
+                else:
+                    done[i] = job.finish("aborted", reason)
+                continue
+            if trajectory_every and job.trajectory and job.trajectory[-1] is not job.last_good[0]:
+                job.trajectory.append(job.last_good[0])
+            done[i] = job.finish(status)
+        active = still
+        if progress is not None:
+            progress(len(done), len(jobs))
+    return [done[i] for i in range(len(jobs))]
 
 
 def relax_atoms(atoms, calculator, steps: int = 200, fmax: float = 0.05, max_volume_ratio: float = 3.0,
                 relax_cell: bool = True, maxstep: float = 0.2) -> tuple[object, dict]:
-    """Relax a copy of ``atoms``; returns (relaxed atoms, record).
+    """Relax a copy of one structure with an ASE calculator; returns (relaxed atoms, record) as
+    :func:`relax_batch` (the atoms carry the calculator)."""
+    from dao.potentials import CalculatorPotential
 
-    ``record["status"]`` is ``"converged"`` (max force — and with the cell, the filter's stress term — below
-    ``fmax``), ``"not_converged"`` (``steps`` exhausted; the last structure is returned) or ``"aborted"``
-    (volume change beyond ``max_volume_ratio`` or non-finite values; the returned atoms are the last
-    finite ones). Energies are per atom (eV/atom).
-    """
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import LBFGS
-
-    atoms = atoms.copy()
-    atoms.calc = calculator
-    n = len(atoms)
-    v0 = float(atoms.get_volume())
-    e0 = float(atoms.get_potential_energy()) / n
-    record = {"num_atoms": n, "energy_initial": e0, "volume_initial": v0}
-    last_good = atoms.copy()
-
-    def guard() -> None:
-        nonlocal last_good
-        v = float(atoms.get_volume())
-        finite = np.all(np.isfinite(atoms.positions)) and np.all(np.isfinite(atoms.cell.array)) and math.isfinite(v)
-        if not finite:
-            raise _Runaway("non-finite positions or cell")
-        if not (v0 / max_volume_ratio <= v <= v0 * max_volume_ratio):
-            raise _Runaway(f"volume changed by ×{v / v0:.3g} (limit ×{max_volume_ratio:g})")
-        e = float(atoms.get_potential_energy())
-        if not math.isfinite(e):
-            raise _Runaway("non-finite energy")
-        last_good = atoms.copy()
-
-    target = FrechetCellFilter(atoms) if relax_cell else atoms
-    opt = LBFGS(target, logfile=None, maxstep=maxstep)
-    opt.attach(guard, interval=1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            converged = bool(opt.run(fmax=fmax, steps=steps))
-        record["status"] = "converged" if converged else "not_converged"
-        out = atoms
-    except _Runaway as exc:
-        record.update(status="aborted", reason=str(exc))
-        out = last_good
+    r = relax_batch([atoms], CalculatorPotential(calculator), steps=steps, fmax=fmax, relax_cell=relax_cell,
+                    max_volume_ratio=max_volume_ratio, maxstep=maxstep)[0]
+    out = r.atoms.copy()
     out.calc = calculator
-    forces = out.get_forces()
-    record.update({
-        "steps": int(opt.nsteps),
-        "energy_final": float(out.get_potential_energy()) / n,
-        "volume_final": float(out.get_volume()),
-        "max_force": float(np.sqrt((forces**2).sum(1)).max()) if n else 0.0,
-        "max_stress": float(np.abs(out.get_stress()).max()),
-    })
-    return out, record
+    return out, r.record
 
 
 def read_inputs(paths: Sequence[str | Path]) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
@@ -123,49 +232,57 @@ def report_unreadable(items: list, errors: list[tuple[str, str]], on_error=None)
 
 def run_relax(paths: Sequence[str | Path], model: str, out: str | Path, steps: int = 200, fmax: float = 0.05,
               device: str = "cpu", max_volume_ratio: float = 3.0, relax_cell: bool = True,
-              on_error=None) -> dict:
-    """The ``dao relax`` job: relax every readable structure, write ``<name>.cif`` per relaxed structure
-    and ``summary.json`` into ``out`` at once (nothing is written when no structure could be read)."""
+              on_error=None, potential: str = "dao", timeout: float | None = None, batch_size: int = 32,
+              trajectory_every: int = 1, progress: bool = False) -> dict:
+    """The ``dao relax`` job: relax every readable structure under ``potential`` ("dao": DAO-P checkpoint
+    ``model``; "chgnet": CHGNet), ``batch_size`` structures at a time; write ``<name>.cif`` per relaxed
+    structure, ``<name>.traj.extxyz`` (energy, forces, stress per frame; when ``trajectory_every`` > 0) and
+    ``summary.json`` into ``out`` at once (nothing is written when no structure could be read)."""
+    from ase.io import write as ase_write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
     from dao import __version__
-    from dao.calculator import DAOCalculator
-    from dao.models.checkpoint import load_energy_model
+    from dao.potentials import load_potential
     from dao.runtime import resolve_device
     from dao.structure_io import staged_output_dir, write_cif, write_json
 
     t0 = time.time()
     dev = resolve_device(device)
-    model_obj = load_energy_model(model, "cpu")
     items, errors = read_inputs(paths)
     report_unreadable(items, errors, on_error)
-    calc = DAOCalculator(model_obj, device=dev)
+    pot = load_potential(potential, model, device=str(dev), batch_size=batch_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="relaxing", unit="structure", leave=False)
     records = []
     with staged_output_dir(out) as tmp:
-        for name, crystal in items:
-            calc.reset()
-            rec = {"name": name, "formula": crystal.to_structure().composition.reduced_formula}
-            try:
-                relaxed, r = relax_atoms(crystal.to_atoms(), calc, steps=steps, fmax=fmax,
-                                         max_volume_ratio=max_volume_ratio, relax_cell=relax_cell)
-            except Exception as exc:  # a calculator setup error on a degenerate cell etc.
-                rec.update(status="error", reason=f"{type(exc).__name__}: {str(exc)[:160]}")
+        for lo in range(0, len(items), batch_size):
+            chunk = items[lo:lo + batch_size]
+            base = bar.n if bar is not None else 0
+            results = relax_batch([c.to_atoms() for _, c in chunk], pot, steps=steps, fmax=fmax, relax_cell=relax_cell,
+                                  max_volume_ratio=max_volume_ratio, timeout=timeout,
+                                  trajectory_every=trajectory_every,
+                                  progress=(lambda k, n: bar.update(base + k - bar.n)) if bar is not None else None)
+            for (name, crystal), r in zip(chunk, results):
+                rec = {"name": name, "formula": crystal.to_structure().composition.reduced_formula, **r.record}
+                if r.record["status"] in ("converged", "not_converged", "timeout"):
+                    write_cif(AseAtomsAdaptor.get_structure(r.atoms), tmp / f"{name}.cif")
+                    rec["cif"] = f"{name}.cif"
+                elif on_error is not None:
+                    on_error(f"{name}: relaxation {r.record['status']} ({r.record.get('reason', '')}); no CIF written")
+                if r.trajectory:
+                    ase_write(tmp / f"{name}.traj.extxyz", r.trajectory, format="extxyz")
+                    rec["trajectory"] = f"{name}.traj.extxyz"
                 records.append(rec)
-                if on_error is not None:
-                    on_error(f"{name}: relaxation failed ({rec['reason']})")
-                continue
-            rec.update(r)
-            if r["status"] != "aborted":
-                from pymatgen.io.ase import AseAtomsAdaptor
-
-                write_cif(AseAtomsAdaptor.get_structure(relaxed), tmp / f"{name}.cif")
-                rec["cif"] = f"{name}.cif"
-            elif on_error is not None:
-                on_error(f"{name}: relaxation aborted ({r['reason']}); no CIF written")
-            records.append(rec)
+        if bar is not None:
+            bar.close()
         summary = {
-            "model": {"path": model_obj.checkpoint_path, "kind": "energy"},
-            "optimizer": "ase.optimize.LBFGS on ase.filters.FrechetCellFilter" if relax_cell else "ase.optimize.LBFGS (fixed cell)",
-            "steps": steps, "fmax": fmax, "max_volume_ratio": max_volume_ratio, "device": str(dev),
-            "energy_unit": "eV/atom (predicted energy above hull)", "dao_version": __version__,
+            "potential": pot.name,
+            "optimizer": "FIRE on ase.filters.FrechetCellFilter" if relax_cell else "FIRE (fixed cell)",
+            "steps": steps, "fmax": fmax, "max_volume_ratio": max_volume_ratio, "timeout_s": timeout,
+            "batch_size": batch_size, "device": str(dev), "energy_unit": pot.energy_unit, "dao_version": __version__,
             "num_inputs": len(items), "num_unreadable": len(errors),
             "num_converged": sum(r.get("status") == "converged" for r in records),
             "num_written": sum("cif" in r for r in records),

@@ -76,6 +76,9 @@ class EvaluationResult:
     summary: dict[str, Any]
     records: list[dict[str, Any]]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # when the energy scorer relaxes (it exposes ``relaxed``): the relaxed samples, in the ``predictions``
+    # format of :func:`evaluate` (None where the sample was unreadable or its relaxation failed)
+    relaxed_predictions: dict[int, list[Any]] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -584,6 +587,7 @@ def evaluate(
 
     # ---------------------------------------------------------------- energy scorer
     stability: dict[str, Any] | None = None
+    relaxed_predictions = None
     if energy_scorer is not None:
         idx = [(i, j) for i in range(n) for j, s in enumerate(slots[i]) if isinstance(s, Canon)]
         structs = [to_structure(slots[i][j]) for i, j in idx]
@@ -593,6 +597,11 @@ def evaluate(
         for (i, j), e in zip(idx, energies):
             e = None if e is None or not math.isfinite(float(e)) else float(e)
             sample_state[i][j]["e_above_hull"] = e
+        relaxed = getattr(energy_scorer, "relaxed", None)
+        if relaxed is not None and len(relaxed) == len(structs):
+            relaxed_predictions = {i: [MISSING if s is MISSING else None for s in slots[i]] for i in range(n)}
+            for (i, j), s in zip(idx, relaxed):
+                relaxed_predictions[i][j] = s
         n_present = sum(1 for st in samples if st["outcome"] != "missing")
         n_scored = sum(1 for st in samples if st.get("e_above_hull") is not None)
         n_stable = sum(1 for st in samples if (st.get("e_above_hull") is not None
@@ -771,4 +780,4 @@ def evaluate(
     if stability is not None:
         summary["stability"] = stability
         summary["stability_rate"] = stability["stability_rate"]
-    return EvaluationResult(summary=summary, records=records, samples=samples)
+    return EvaluationResult(summary=summary, records=records, samples=samples, relaxed_predictions=relaxed_predictions)
