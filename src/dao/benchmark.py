@@ -24,7 +24,7 @@ def cell_of(structure) -> CellComposition:
 
 def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit: int | None = None, seed: int = 0,
                   steps: int | None = None, device: str = "auto", batch_size: int = 64, workers: int = 1,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, compile: bool = False) -> dict:
     from tqdm.auto import tqdm
 
     from dao.evaluate import evaluate, load_predictions, load_references, write_report
@@ -38,7 +38,7 @@ def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit:
     if limit is not None:
         refs, ids = refs[:limit], ids[:limit]
     t0 = time.time()
-    gen_model = load_generator(model, resolve_device(device))
+    gen_model = load_generator(model, resolve_device(device), compile=compile)
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
     def done(i: int, j: int) -> bool:

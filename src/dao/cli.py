@@ -40,15 +40,18 @@ def cli() -> None:
               help="Energy-guidance scale s (needs --energy-model; default 20, the published value).")
 @click.option("--method", type=click.Choice(["diffusion", "flow"]), default=None,
               help="Require a generator of this kind (the checkpoint decides; see `dao info`).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
 def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress, energy_model,
-            guidance_scale, method) -> None:
+            guidance_scale, method, compile_) -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
     from dao.prediction import run_predict
 
     if out is None:
         out = Path("predictions") / "".join(ch for ch in formula if ch.isalnum() or ch in "()") if formula.strip() else Path("predictions")
     summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                          energy_model=energy_model, guidance_scale=guidance_scale, method=method)
+                          energy_model=energy_model, guidance_scale=guidance_scale, method=method,
+                          compile=compile_)
     for rec in summary["samples"]:
         if "error" in rec:
             click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
@@ -71,13 +74,15 @@ def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Evaluation processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def benchmark(split, model, k, limit, out, seed, steps, device, batch_size, workers, progress) -> None:
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
+def benchmark(split, model, k, limit, out, seed, steps, device, batch_size, workers, progress, compile_) -> None:
     """Generate k structures for every composition of a split, then score them (as `dao evaluate`)."""
     from dao.benchmark import run_benchmark
 
     if not split.is_file():
         raise DAOError(f"split file not found: {split}")
-    s = run_benchmark(split, model, k, out, limit, seed, steps, device, batch_size, workers, progress)
+    s = run_benchmark(split, model, k, out, limit, seed, steps, device, batch_size, workers, progress, compile=compile_)
     g = s["generation"]
     click.echo(json.dumps({key: s.get(key) for key in ("n_references", "match_rate", "rmse", "match_rate_unfiltered",
                                                       "rmse_unfiltered")} | {"seconds_per_structure": g["seconds_per_structure_this_run"]}))

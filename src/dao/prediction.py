@@ -90,7 +90,8 @@ def guidance_for(gen_model, energy_model, guidance_scale: float | None, device) 
 
 def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int | None = None, seed: int = 0,
             steps: int | None = None, model="default", device: str = "auto", batch_size: int = 64,
-            progress: bool = False, energy_model=None, guidance_scale: float | None = None) -> list:
+            progress: bool = False, energy_model=None, guidance_scale: float | None = None,
+            compile: bool = False) -> list:
     """Predict crystal structures for ``formula``; returns pymatgen Structures (usable samples only).
 
     ``energy_model`` (a DAO-P checkpoint, ``"default"`` or a loaded model) turns on energy guidance with
@@ -102,7 +103,7 @@ def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int |
     from dao.models.checkpoint import load_generator
 
     dev = resolve_device(device)
-    gen_model = load_generator(model, dev) if isinstance(model, (str, Path)) else model
+    gen_model = load_generator(model, dev, compile=compile) if isinstance(model, (str, Path)) else model
     cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
     guidance, _ = guidance_for(gen_model, energy_model, guidance_scale, next(gen_model.parameters()).device)
     samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, guidance=guidance,
@@ -154,14 +155,15 @@ def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra:
 
 def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_atoms: int | None, seed: int,
                 steps: int | None, model: str, device: str, batch_size: int = 64, progress: bool = True,
-                energy_model: str | None = None, guidance_scale: float | None = None, method: str | None = None) -> dict:
+                energy_model: str | None = None, guidance_scale: float | None = None, method: str | None = None,
+                compile: bool = False) -> dict:
     """The ``dao predict`` job: validate everything first, sample, then write all outputs at once."""
     from dao import __version__
     from dao.models.checkpoint import load_generator
 
     t0 = time.time()
     dev = resolve_device(device)
-    gen_model = load_generator(model, dev)
+    gen_model = load_generator(model, dev, compile=compile)
     if method is not None and method != gen_model.method:
         raise DAOError(f"--method {method}, but {gen_model.checkpoint_path} is a {gen_model.method} generator "
                        f"(train one with `dao train generator --method {method}`)")
@@ -177,7 +179,7 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_at
                   "max_atoms": gen_model.config.max_atoms},
         "guidance": None if e_model is None else {"energy_model": getattr(e_model, "checkpoint_path", None),
                                                   "scale": guidance[0].scale},
-        "device": str(dev), "dao_version": __version__, "seconds": None,
+        "device": str(dev), "compiled": compile, "dao_version": __version__, "seconds": None,
     }
     extra["seconds"] = round(time.time() - t0, 2)
     return write_predictions(samples, out, extra)

@@ -59,14 +59,25 @@ class CrystalFlow:
 
 
 def _guided(velocity: Velocity, guidance: Sequence) -> Velocity:
-    """Velocity minus s·∇E for each guidance term (energy gradients at network time t)."""
+    """Endpoint energy guidance: v − s·∇E(x̂₁) for each guidance term.
+
+    x̂₁ = (F_τ + (1 − τ)·v_F mod 1, L_τ + (1 − τ)·v_L) is the one-step estimate of the sample the ODE is
+    heading to, and ∇E its energy gradient at t = 0 (DAO-P on clean structures, the regime it was trained
+    for at t = 0; the flow's intermediate states are not the diffusion noise levels DAO-P knows at t > 0).
+    The gradient is applied to the current state unchanged (no back-propagation through the velocity
+    network), so the cost is one DAO-P forward and backward per ODE step.
+    """
     if not guidance:
         return velocity
 
     def f(batch: CrystalBatch, t: torch.Tensor):
         v_lat, v_frac = velocity(batch, t)
+        remaining = t.to(v_lat.dtype)  # network time t = 1 − τ: the time left to τ = 1
+        end = batch.replace(frac=torch.remainder(batch.frac + remaining[batch.batch].view(-1, 1) * v_frac, 1.0),
+                            lattice=batch.lattice + remaining.view(-1, 1, 1) * v_lat)
+        clean = torch.zeros_like(t)
         for term in guidance:
-            g_frac, g_lat = term.gradients(batch, t)
+            g_frac, g_lat = term.gradients(end, clean)
             v_frac = v_frac - term.scale * g_frac
             v_lat = v_lat - term.scale * g_lat
         return v_lat, v_frac

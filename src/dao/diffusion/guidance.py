@@ -39,7 +39,8 @@ class EnergyGuidance:
 def check_same_schedule(generator, energy_model) -> None:
     """Raise :class:`DAOError` unless both models were trained with the same diffusion schedule
     (num_steps, and the σ / cosine parameters that map a step index to a noise level). A flow-matching
-    generator has no schedule: its ODE passes t = 1 − τ, which DAO-P reads as a diffusion noise level."""
+    generator has no schedule: its sampler guides with DAO-P at t = 0 on the predicted endpoint
+    (see :mod:`dao.diffusion.flow`), so any DAO-P works with it."""
     if getattr(generator, "method", "diffusion") == "flow":
         return
     g, e = asdict(generator.config.diffusion), asdict(energy_model.config.diffusion)
