@@ -277,6 +277,9 @@ def relax(files, potential, model, out, steps, fmax, timeout, batch_size, max_vo
 
 
 def _register_optional() -> None:
+    from dao.data.cli import data_group
+
+    cli.add_command(data_group, "data")
     try:
         from dao.evaluate.cli import evaluate_command
     except ImportError:

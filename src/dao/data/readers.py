@@ -144,9 +144,13 @@ def read_extxyz(path: str | Path) -> tuple[list[Crystal], Skipped]:
 
 
 def read_any(path: str | Path, use_cache: bool = True, progress: bool = False) -> tuple[list[Crystal], Skipped]:
-    """Read a CSV, a CIF file, a folder of CIFs or an extxyz file, chosen by name."""
+    """Read a CSV, a CIF file, a folder of CIFs, an extxyz file or a CrysDB folder, chosen by name."""
     path = Path(path)
     name = path.name.lower()
+    from dao.data.crysdb import is_crysdb, read_crysdb
+
+    if is_crysdb(path):
+        return read_crysdb(path), []
     if path.is_dir():
         crystals, skipped = [], []
         for f in sorted(path.glob("*.cif")):
