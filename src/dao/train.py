@@ -100,13 +100,69 @@ def _lightning_module_class():
     class DAOModule(L.LightningModule):
         """Wraps any DAO model exposing ``loss(batch) -> dict`` (generator or energy model)."""
 
-        def __init__(self, model: torch.nn.Module, cfg: TrainConfig, out_dir: Path, meta: dict) -> None:
+        def __init__(self, model: torch.nn.Module, cfg: TrainConfig, out_dir: Path, meta: dict,
+                     train_sampler=None) -> None:
             super().__init__()
             self.model = model
             self.ema = copy.deepcopy(model).requires_grad_(False)
             self.cfg, self.out_dir, self.meta = cfg, Path(out_dir), meta
             self.started = time.time()
-            self.best_val = math.inf
+            self.train_sampler = train_sampler
+            self.batches_in_epoch = 0
+            self._resumed_mid_epoch = False
+            self._pending_rng = None
+
+        # ---- exact resume: the batch position inside the epoch and the random state go into every
+        # checkpoint; on resume the sampler skips the batches already trained on and the RNGs continue
+        def on_train_epoch_start(self):
+            if not self._resumed_mid_epoch:
+                self.batches_in_epoch = 0
+            self._resumed_mid_epoch = False
+
+        def on_train_batch_start(self, batch, batch_idx):
+            import random
+
+            import numpy as np
+
+            state, self._pending_rng = self._pending_rng, None
+            if state is None:
+                return
+            torch.set_rng_state(state["torch_rng"])
+            name, keys, pos, has_gauss, cached = state["numpy_rng"]
+            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+            version, internal, gauss = state["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
+            if state["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+        def on_save_checkpoint(self, checkpoint):
+            import random
+
+            import numpy as np
+
+            checkpoint["dao_resume"] = {
+                "sampler_epoch": int(self.train_sampler.current) if self.train_sampler is not None else None,
+                "batches_in_epoch": int(self.batches_in_epoch),
+                # plain containers only: Lightning loads checkpoints with weights_only=True
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": [v.tolist() if hasattr(v, "tolist") else v for v in np.random.get_state()],
+                "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            }
+
+        def on_load_checkpoint(self, checkpoint):
+            state = checkpoint.get("dao_resume")
+            if not state:
+                return
+            self._pending_rng = state  # applied just before the next training batch
+            sampler, done = self.train_sampler, state["batches_in_epoch"]
+            if sampler is None or state.get("sampler_epoch") is None:
+                return
+            if done >= len(sampler):  # saved at the end of an epoch: the next one starts afresh
+                sampler.epoch = state["sampler_epoch"] + 1
+            else:
+                sampler.epoch, sampler.skip_next = state["sampler_epoch"], done
+                self.batches_in_epoch, self._resumed_mid_epoch = done, True
 
         def on_train_start(self):
             self.meta["started_at_step"] = int(self.global_step)  # > 0 when resumed from a checkpoint
@@ -121,11 +177,14 @@ def _lightning_module_class():
             self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=batch.num_crystals)
             return losses["loss"]
 
-        def on_train_batch_end(self, outputs, batch, batch_idx):
+        def optimizer_step(self, *args, **kwargs):
+            super().optimizer_step(*args, **kwargs)
+            # EMA here, not in on_train_batch_end: checkpoint callbacks run before the module's batch-end hook
             d = min(self.cfg.ema_decay, (1 + self.global_step) / (10 + self.global_step))
             with torch.no_grad():
                 for pe, p in zip(self.ema.parameters(), self.model.parameters()):
                     pe.lerp_(p.detach(), 1 - d)
+            self.batches_in_epoch += 1
 
         def validation_step(self, batch, batch_idx):
             devices = [self.device] if self.device.type == "cuda" else []
@@ -171,8 +230,9 @@ def accelerator_for(device: str) -> str:
 
 def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal], cfg: TrainConfig, out_dir: str | Path,
         resume: bool = False, device: str = "auto", devices: int | str = "auto", num_nodes: int = 1,
-        meta: dict | None = None, progress: bool = True) -> Path:
-    """Train ``model`` (anything with ``loss(batch)``) and return the path of the exported ``model.pt``."""
+        meta: dict | None = None, progress: bool = True, callbacks: Sequence = ()) -> Path:
+    """Train ``model`` (anything with ``loss(batch)``) and return the path of the exported ``model.pt``.
+    ``callbacks``: extra Lightning callbacks."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -184,21 +244,24 @@ def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal]
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_ds, val_ds = CrystalDataset(train), CrystalDataset(val)
-    train_dl = DataLoader(train_ds, batch_sampler=BucketBatchSampler(train_ds.sizes, cfg.batch_size, seed=cfg.seed),
-                          collate_fn=collate, num_workers=cfg.num_workers)
+    train_sampler = BucketBatchSampler(train_ds.sizes, cfg.batch_size, seed=cfg.seed)
+    # the loaders get their own generator: creating an iterator must not draw from the global RNG (exact resume)
+    train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                          generator=torch.Generator().manual_seed(cfg.seed))
     val_dl = DataLoader(val_ds, batch_sampler=BucketBatchSampler(val_ds.sizes, cfg.batch_size, shuffle=False),
-                        collate_fn=collate, num_workers=cfg.num_workers) if len(val_ds) else None
+                        collate_fn=collate, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed)) if len(val_ds) else None
     meta = dict(meta or {})
     meta.update({"train_config": asdict(cfg), "num_train": len(train_ds), "num_val": len(val_ds),
                  "max_atoms_seen": int(train_ds.sizes.max()) if len(train_ds) else 0})
     (out_dir / "run.json").write_text(json.dumps(meta, indent=2, default=str))
-    module = _lightning_module_class()(model, cfg, out_dir, meta)
+    module = _lightning_module_class()(model, cfg, out_dir, meta, train_sampler)
     ckpt_cb = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every_n_steps, save_on_train_epoch_end=True)
     trainer = L.Trainer(
         accelerator=accelerator_for(device), devices=devices, num_nodes=num_nodes,
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, max_time=cfg.max_time,
-        gradient_clip_val=cfg.grad_clip, precision=cfg.precision, callbacks=[ckpt_cb],
+        gradient_clip_val=cfg.grad_clip, precision=cfg.precision, callbacks=[ckpt_cb, *callbacks],
         logger=CSVLogger(out_dir, name="logs", version=0), default_root_dir=out_dir,
         check_val_every_n_epoch=cfg.val_every_n_epochs, enable_progress_bar=progress,
         use_distributed_sampler=False, enable_model_summary=False, log_every_n_steps=10,
@@ -206,5 +269,9 @@ def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal]
     )
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
-    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+    import warnings
+
+    with warnings.catch_warnings():  # the module restores the position inside the epoch itself
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     return out_dir / "model.pt"

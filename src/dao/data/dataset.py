@@ -36,6 +36,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     Each epoch: permute, cut into pools of ``pool_batches`` batches, sort each pool by atom count,
     cut into batches, shuffle the batch order. Deterministic for (seed, epoch). Under DDP every rank
     takes every world_size-th batch (the batch count is trimmed to a multiple of world_size).
+    ``skip_next = k`` makes the next epoch start at its k-th batch (resuming a run killed mid-epoch).
     """
 
     def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -43,7 +44,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.sizes = np.asarray(sizes)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.pool_batches, self.drop_last = pool_batches, drop_last
-        self.epoch = 0
+        self.epoch = 0  # the epoch the next iteration uses
+        self.current = 0  # the epoch of the iteration in progress
+        self.skip_next = 0  # batches of the next epoch already trained on (exact mid-epoch resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -73,12 +76,14 @@ class BucketBatchSampler(Sampler[list[int]]):
         return [batches[i] for i in order]
 
     def __iter__(self) -> Iterator[list[int]]:
+        self.current = self.epoch
         batches = self._batches()
         rank, world = self._rank_world()
         if world > 1:
             batches = batches[: len(batches) // world * world][rank::world]
         self.epoch += 1 if self.shuffle else 0
-        return iter(batches)
+        skip, self.skip_next = self.skip_next, 0
+        return iter(batches[skip:])
 
     def __len__(self) -> int:
         rank, world = self._rank_world()
