@@ -44,6 +44,35 @@ def test_fire_relaxes_cell_and_positions_to_the_emt_minimum():
     assert r.record["energy_final"] < r.record["energy_initial"]
 
 
+def test_lbfgs_reaches_the_same_minimum_in_fewer_steps():
+    from ase.calculators.emt import EMT
+
+    start = perturbed(emt_copper(), amplitude=0.05)
+    fire, lbfgs = (relax_batch([start], CalculatorPotential(EMT()), steps=1000, fmax=1e-3, optimizer=o)[0]
+                   for o in ("fire", "lbfgs"))
+    assert fire.record["status"] == lbfgs.record["status"] == "converged"
+    assert lbfgs.record["energy_final"] == pytest.approx(fire.record["energy_final"], abs=1e-5)
+    assert np.allclose(lbfgs.atoms.cell.lengths(), fire.atoms.cell.lengths(), atol=2e-3)
+    assert lbfgs.record["steps"] < fire.record["steps"]
+
+
+def test_batched_dao_p_potential_equals_the_ase_calculator(tiny_energy_model):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from dao.calculator import DAOCalculator
+    from dao.potentials import DAOPotential
+    from tests.conftest import small_structures
+
+    atoms = [perturbed(AseAtomsAdaptor.get_atoms(s), seed=i, amplitude=0.05)
+             for i, s in enumerate(small_structures().values())]
+    batched = DAOPotential(tiny_energy_model).compute(list(enumerate(atoms)))
+    single = CalculatorPotential(DAOCalculator(tiny_energy_model)).compute(list(enumerate(atoms)))
+    for b, s in zip(batched, single):
+        assert b.energy == pytest.approx(s.energy, rel=1e-9, abs=1e-12)
+        np.testing.assert_allclose(b.forces, s.forces, atol=1e-9)
+        np.testing.assert_allclose(b.stress, s.stress, atol=1e-9)
+
+
 def test_batched_relaxation_equals_one_by_one():
     from ase.calculators.emt import EMT
 

@@ -4,8 +4,8 @@ A potential maps a list of ``(key, ase.Atoms)`` to one :class:`PotentialResult` 
 eV/Å, stress in eV/Å³ in ASE's sign convention and Voigt order) or one exception per structure. The key
 identifies a structure across the steps of a relaxation (a potential may keep per-structure state).
 
-* :class:`CalculatorPotential` — any ASE calculator, structure by structure (DAO-P through
-  :class:`~dao.calculator.DAOCalculator`).
+* :class:`CalculatorPotential` — any ASE calculator, structure by structure.
+* :class:`DAOPotential` — DAO-P at t = 0, all structures of a step in one batched pass.
 * :class:`CHGNetPotential` — the pretrained CHGNet universal potential (``pip install 'dao-csp[chgnet]'``),
   structures evaluated in batches. CHGNet was trained on MPtrj energies with the Materials Project 2020
   compatibility corrections applied, so its energies are on the scale of MP's corrected total energies
@@ -64,6 +64,86 @@ class CalculatorPotential:
                 out.append(exc)
             if keeps_state:
                 self._state[key] = self.calc.state
+        return out
+
+
+class DAOPotential:
+    """DAO-P at t = 0 for many structures in one batched forward/backward pass (float64 by default).
+
+    Same energy, forces and stress as :class:`~dao.calculator.DAOCalculator` (autograd through
+    F = x·L⁻¹ and a symmetric strain of each cell, evaluated on the Niggli-reduced basis that the model saw
+    in training; the basis is chosen once per structure key and kept while the cell stays within 10 %).
+    """
+
+    energy_unit = "eV/atom (DAO-P predicted energy above hull)"
+
+    def __init__(self, model="default", device="cpu", dtype=None, niggli: bool = True) -> None:
+        import copy
+
+        import torch
+
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            from dao.models.checkpoint import load_energy_model
+
+            model = load_energy_model(model, "cpu")
+        self.name = f"dao-p:{getattr(model, 'checkpoint_path', 'model')}"
+        self.dtype = dtype or torch.float64
+        self.device = torch.device(device)
+        self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.niggli = niggli
+        self._basis: dict[Hashable, tuple[np.ndarray, np.ndarray]] = {}  # key -> (cell, M)
+
+    def _op(self, key, cell: np.ndarray) -> np.ndarray:
+        from dao.calculator import niggli_transform
+
+        if not self.niggli:
+            return np.eye(3)
+        got = self._basis.get(key)
+        if got is not None and np.abs(cell - got[0]).max() <= 0.1 * np.abs(got[0]).max():
+            return got[1]
+        op = niggli_transform(cell)
+        self._basis[key] = (cell.copy(), op)
+        return op
+
+    def compute(self, items):
+        import torch
+
+        from dao.crystal import CrystalBatch
+
+        out: list[PotentialResult | Exception | None] = [None] * len(items)
+        good = []
+        for j, (key, a) in enumerate(items):
+            cell = np.asarray(a.cell.array, dtype=np.float64)
+            vol = abs(float(np.linalg.det(cell)))
+            if not (np.isfinite(vol) and vol > 1e-8 and np.isfinite(a.positions).all()):
+                out[j] = ValueError(f"degenerate or non-finite cell (volume {vol:.3g} Å³)")
+            else:
+                good.append((j, key, a, cell, vol))
+        if not good:
+            return out
+        kw = {"dtype": self.dtype, "device": self.device}
+        with torch.enable_grad():
+            pos = [torch.as_tensor(a.positions, **kw).requires_grad_(True) for _, _, a, _, _ in good]
+            strain = torch.zeros(len(good), 3, 3, **kw).requires_grad_(True)
+            deform = torch.eye(3, **kw) + 0.5 * (strain + strain.transpose(1, 2))
+            fracs, lattices = [], []
+            for i, (_, key, a, cell, _) in enumerate(good):
+                op = torch.as_tensor(self._op(key, cell), **kw)
+                reduced = op @ (torch.as_tensor(cell, **kw) @ deform[i])
+                fracs.append((pos[i] @ deform[i]) @ torch.linalg.inv(reduced))
+                lattices.append(reduced)
+            n = torch.tensor([len(a) for _, _, a, _, _ in good], device=self.device)
+            batch = CrystalBatch(atom_types=torch.cat([torch.as_tensor(a.numbers, dtype=torch.long) for _, _, a, _, _ in good]).to(self.device),
+                                 frac=torch.cat(fracs), lattice=torch.stack(lattices), num_atoms=n,
+                                 batch=torch.repeat_interleave(torch.arange(len(good), device=self.device), n))
+            energy = self.model.energy_per_atom(batch) * n.to(self.dtype)
+            grads = torch.autograd.grad(energy.sum(), [*pos, strain], allow_unused=True)
+        g_strain = grads[-1] if grads[-1] is not None else torch.zeros_like(strain)
+        for i, (j, _, a, _, vol) in enumerate(good):
+            gx = grads[i] if grads[i] is not None else torch.zeros_like(pos[i])
+            st = g_strain[i].detach().cpu().double().numpy() / vol
+            out[j] = PotentialResult(float(energy[i].detach()), -gx.detach().cpu().double().numpy(),
+                                     np.array([st[0, 0], st[1, 1], st[2, 2], st[1, 2], st[0, 2], st[0, 1]]))
         return out
 
 
@@ -126,11 +206,7 @@ def load_potential(name: str = "dao", model: str = "default", device: str = "cpu
     if name == "chgnet":
         return CHGNetPotential("0.3.0" if model == "default" else model, device=device, batch_size=batch_size)
     if name == "dao":
-        from dao.calculator import DAOCalculator
         from dao.models.checkpoint import load_energy_model
 
-        e_model = load_energy_model(model, "cpu")
-        pot = CalculatorPotential(DAOCalculator(e_model, device=device), name=f"dao-p:{e_model.checkpoint_path}",
-                                  energy_unit="eV/atom (DAO-P predicted energy above hull)")
-        return pot
+        return DAOPotential(load_energy_model(model, "cpu"), device=device)
     raise DAOError(f"unknown potential {name!r}: use 'dao' or 'chgnet'")

@@ -31,8 +31,8 @@ class Fire:
         self.finc, self.fdec, self.astart, self.fa = finc, fdec, astart, fa
         self.a, self.n_pos, self.v = astart, 0, None
 
-    def step(self, f: np.ndarray) -> np.ndarray:
-        """Displacement for generalised forces ``f``."""
+    def step(self, r: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """Displacement at coordinates ``r`` with generalised forces ``f``."""
         if self.v is None:
             self.v = np.zeros_like(f)
         else:
@@ -52,6 +52,47 @@ class Fire:
         dr = self.dt * self.v
         norm = math.sqrt(float(np.vdot(dr, dr)))
         return dr * (self.maxstep / norm) if norm > self.maxstep else dr
+
+
+class Lbfgs:
+    """L-BFGS state of one structure (as ASE's LBFGS: memory 100, initial inverse Hessian 1/α with α = 70
+    eV/Å², no line search); ``maxstep`` caps the largest per-row displacement."""
+
+    def __init__(self, maxstep: float = 0.2, memory: int = 100, alpha: float = 70.0) -> None:
+        self.maxstep, self.memory, self.h0 = maxstep, memory, 1.0 / alpha
+        self.s: list[np.ndarray] = []
+        self.y: list[np.ndarray] = []
+        self.rho: list[float] = []
+        self.r0 = self.f0 = None
+
+    def step(self, r: np.ndarray, f: np.ndarray) -> np.ndarray:
+        if self.r0 is not None:
+            s0, y0 = (r - self.r0).ravel(), (self.f0 - f).ravel()
+            sy = float(np.dot(y0, s0))
+            if sy > 1e-12:  # keep the curvature pairs that preserve a positive-definite inverse Hessian
+                self.s.append(s0)
+                self.y.append(y0)
+                self.rho.append(1.0 / sy)
+                if len(self.s) > self.memory:
+                    self.s.pop(0), self.y.pop(0), self.rho.pop(0)
+        q = -f.ravel().copy()
+        a = np.empty(len(self.s))
+        for i in range(len(self.s) - 1, -1, -1):
+            a[i] = self.rho[i] * np.dot(self.s[i], q)
+            q -= a[i] * self.y[i]
+        z = self.h0 * q
+        for i in range(len(self.s)):
+            b = self.rho[i] * np.dot(self.y[i], z)
+            z += self.s[i] * (a[i] - b)
+        dr = -z.reshape(f.shape)
+        longest = float(np.sqrt((dr**2).sum(1)).max()) if len(dr) else 0.0
+        if longest > self.maxstep:
+            dr *= self.maxstep / longest
+        self.r0, self.f0 = r.copy(), f.copy()
+        return dr
+
+
+OPTIMIZERS = {"fire": Fire, "lbfgs": Lbfgs}
 
 
 @dataclass
@@ -74,13 +115,13 @@ def _with_results(atoms, res):
 
 
 class _Job:
-    def __init__(self, atoms, relax_cell: bool, maxstep: float) -> None:
+    def __init__(self, atoms, relax_cell: bool, maxstep: float, optimizer: str = "fire") -> None:
         from ase.filters import FrechetCellFilter
 
         self.atoms = atoms.copy()
         self.atoms.calc = None
         self.target = FrechetCellFilter(self.atoms) if relax_cell else self.atoms
-        self.fire = Fire(maxstep=maxstep)
+        self.opt = OPTIMIZERS[optimizer](maxstep=maxstep)
         self.n = len(self.atoms)
         self.v0 = float(self.atoms.get_volume())
         self.record: dict = {"num_atoms": self.n, "volume_initial": self.v0}
@@ -103,7 +144,7 @@ class _Job:
 
     def move(self, max_volume_ratio: float) -> str | None:
         x = self.target.get_positions()
-        self.target.set_positions(x + self.fire.step(self._g))
+        self.target.set_positions(x + self.opt.step(x, self._g))
         self.steps += 1
         v = float(self.atoms.get_volume())
         if not (np.isfinite(self.atoms.positions).all() and np.isfinite(self.atoms.cell.array).all() and math.isfinite(v)):
@@ -126,7 +167,8 @@ class _Job:
 
 def relax_batch(atoms_list: Sequence, potential, *, steps: int = 500, fmax: float = 0.05, relax_cell: bool = True,
                 max_volume_ratio: float = 3.0, timeout: float | None = None, maxstep: float = 0.2,
-                trajectory_every: int = 0, progress: Callable[[int, int], None] | None = None) -> list[Relaxation]:
+                trajectory_every: int = 0, progress: Callable[[int, int], None] | None = None,
+                optimizer: str = "fire") -> list[Relaxation]:
     """Relax copies of ``atoms_list`` together under ``potential`` (see :mod:`dao.potentials`).
 
     Each structure ends ``"converged"`` (max generalised force — atoms and, with the cell, the filter's
@@ -134,9 +176,12 @@ def relax_batch(atoms_list: Sequence, potential, *, steps: int = 500, fmax: floa
     seconds since the batch started), ``"aborted"`` (volume or non-finite guard; last finite state kept)
     or ``"error"`` (the potential failed on it, e.g. CHGNet on an atom with no neighbour within 5 Å).
     Energies in the records are per atom. ``trajectory_every`` > 0 keeps every that many steps (and the last).
+    ``optimizer``: "fire" (default) or "lbfgs" (DESIGN §5's choice for dataset relaxation).
     ``progress(n_done, n_total)`` is called after each step.
     """
-    jobs = [_Job(a, relax_cell, maxstep) for a in atoms_list]
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r} (fire or lbfgs)")
+    jobs = [_Job(a, relax_cell, maxstep, optimizer) for a in atoms_list]
     done: dict[int, Relaxation] = {}
     active = list(range(len(jobs)))
     t0 = time.perf_counter()

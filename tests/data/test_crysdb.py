@@ -128,3 +128,26 @@ def test_missing_source_fails_cleanly(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["data", "build", "--source", str(tmp_path / "nope.csv"), "--out", str(out)])
     assert exc.value.code == 2 and not out.exists()
+
+
+def test_dataset_relaxation_relabels_only_the_window_and_keeps_provenance(tmp_path, sources, tiny_energy_checkpoint):
+    from dao.cli import main
+    from dao.data.crysdb import BuildConfig, build_crysdb, iter_crysdb
+
+    db = tmp_path / "db"
+    build_crysdb(sources["sources"], db, sources["exclude"], BuildConfig(partitions=2))
+    out = tmp_path / "relaxed"
+    main(["data", "relax", "--model", str(tiny_energy_checkpoint), "--in", str(db), "--out", str(out),
+          "--steps", "3", "--device", "cpu", "--no-progress"])
+    before = {r["key"]: r for r in iter_crysdb(db)}
+    after = {r["key"]: r for r in iter_crysdb(out)}
+    assert before.keys() == after.keys()
+    for key, r in after.items():
+        old = before[key]
+        if old["e_above_hull"] is not None and 0.08 < old["e_above_hull"] <= 0.5:  # the CsCl entry (0.3)
+            assert r["relaxed_by"].startswith("dao-p:") and r["e_above_hull_original"] == old["e_above_hull"]
+            assert r["e_above_hull"] != old["e_above_hull"] and r["atomic_numbers"] == old["atomic_numbers"]
+        else:
+            assert json.dumps(r, sort_keys=True) == json.dumps(old, sort_keys=True)  # NaN-safe equality
+    report = json.loads((out / "report.json").read_text())["relaxation"]
+    assert report["selected"] == 1 and report["relabelled"] == 1 and report["entries"] == 3

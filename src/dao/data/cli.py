@@ -37,3 +37,25 @@ def build(sources, excludes, out, min_atoms, max_atoms, max_e_hull, workers, par
     click.echo(json.dumps({"totals": report.totals, "stability": report.stability,
                            "shards": len(report.shards), "seconds": report.seconds}))
     click.echo(f"wrote {report.totals['kept']} entries to {out} (report.json, skipped.csv, elements.png)")
+
+
+@data_group.command("relax")
+@click.option("--model", default="default", show_default=True, help="DAO-P checkpoint or 'default'.")
+@click.option("--in", "src", type=click.Path(path_type=Path), required=True, help="CrysDB folder to read.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="CrysDB folder to write.")
+@click.option("--min-e-hull", type=float, default=0.08, show_default=True)
+@click.option("--max-e-hull", type=float, default=0.5, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Optimizer steps per entry.")
+@click.option("--fmax", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--optimizer", type=click.Choice(["lbfgs", "fire"]), default="lbfgs", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def relax(model, src, out, min_e_hull, max_e_hull, steps, fmax, optimizer, batch_size, device, progress) -> None:
+    """Dataset relaxation: relax and relabel entries with MIN < E_hull <= MAX under DAO-P (DESIGN §5)."""
+    from dao.data.crysdb import relax_crysdb
+    from dao.runtime import resolve_device
+
+    stats = relax_crysdb(src, out, model, min_e_hull, max_e_hull, steps, fmax, optimizer, batch_size,
+                         str(resolve_device(device)), progress)
+    click.echo(json.dumps(stats))
