@@ -9,8 +9,9 @@ Stages, each counted per source in ``report.json``:
 3. **Niggli reduction** (with the canonical orientation of :class:`~dao.crystal.Crystal`);
 4. **deduplication** — an entry is dropped when its id is an excluded id, when it matches an excluded
    structure, or when it matches an entry already kept (pymatgen StructureMatcher, default tolerances).
-   Structures are compared only inside a bucket of equal reduced formula (StructureMatcher cannot match
-   different reduced compositions, so no duplicate is missed), against the bucket's kept representatives.
+   Structures are compared only inside a bucket of equal reduced formula and equal number of sites of the
+   primitive cell that StructureMatcher compares (it cannot match structures that differ in either, so no
+   duplicate is missed), against the bucket's kept representatives.
 
 Scale: pass 1 streams every source in chunks through worker processes and appends the parsed entries to
 hash partitions (by reduced formula) on disk; pass 2 deduplicates one partition at a time, in parallel.
@@ -62,10 +63,11 @@ class BuildConfig:
     chunk_size: int = 500
 
 
-def _schema():
+def _schema(partition: bool = False):
     import pyarrow as pa
 
-    return pa.schema([
+    extra = [("primitive_sites", pa.int32())] if partition else []  # dedupe bucket key, not in the output
+    return pa.schema(extra + [
         ("key", pa.string()),  # unique: <source name>:<row>
         ("id", pa.string()),  # the source's own id (material_id, file name) or the key
         ("source", pa.string()), ("source_row", pa.int64()),
@@ -148,12 +150,13 @@ def _parse_item(source: str, index: int, kind: str, payload, cfg: BuildConfig | 
         if cfg is not None and not math.isnan(labels["e_above_hull"]) and not labels["e_above_hull"] < cfg.max_e_hull:
             return {"stage": "filtered_e_hull", "reason": f"E_hull {labels['e_above_hull']:.3f} eV/atom"}
         crystal = Crystal.from_structure(structure)
+        primitive_sites = len(_matcher_reduced(structure))
     except StructureReadError as exc:
         return {"stage": "parse_failed", "reason": str(exc)[:200]}
     except Exception as exc:  # any parser failure is a bad row, never fatal
         return {"stage": "parse_failed", "reason": f"{type(exc).__name__}: {str(exc)[:160]}"}
     key = f"{source}:{index}"
-    return {"key": key, "id": str(raw_id) if raw_id else key, "source": source, "source_row": index,
+    return {"primitive_sites": primitive_sites, "key": key, "id": str(raw_id) if raw_id else key, "source": source, "source_row": index,
             "reduced_formula": structure.composition.reduced_formula, "num_atoms": crystal.num_atoms,
             "atomic_numbers": crystal.atomic_numbers.tolist(), "frac_coords": crystal.frac_coords.reshape(-1).tolist(),
             "lattice": crystal.lattice.reshape(-1).tolist(), **labels, "is_exclude": cfg is None,
@@ -217,9 +220,9 @@ class _PartitionWriter:
         rows = self.buffers.pop(p, [])
         if not rows:
             return
-        table = pa.Table.from_pylist(rows, schema=_schema())
+        table = pa.Table.from_pylist(rows, schema=_schema(partition=True))
         if p not in self.writers:
-            self.writers[p] = pq.ParquetWriter(self.path(p), _schema())
+            self.writers[p] = pq.ParquetWriter(self.path(p), _schema(partition=True))
         self.writers[p].write_table(table)
 
     def close(self) -> list[Path]:
@@ -236,6 +239,15 @@ def _structure(rec: dict):
                    np.asarray(rec["lattice"]).reshape(3, 3)).to_structure()
 
 
+def _matcher_reduced(structure):
+    """The primitive, Niggli-reduced structure that StructureMatcher (default settings) compares. Two
+    structures can only match when these have the same number of sites (no supercell matching), so the
+    count is a safe bucket key, and matching the reduced forms skips the reduction on every comparison."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher._get_reduced_structure(structure, True, True)
+
+
 def _dedupe_partition(args) -> tuple[list[dict], list[dict]]:
     """Decide every corpus entry of one partition (a Parquet file); returns (kept records, dropped
     {key, source, stage, of}). The first entry of a structure (in source order) is the one kept."""
@@ -243,26 +255,33 @@ def _dedupe_partition(args) -> tuple[list[dict], list[dict]]:
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     rows = pq.read_table(args).to_pylist()  # in arrival order: sources in the order given, rows in file order
-    groups: dict[str, list[int]] = defaultdict(list)
+    groups: dict[tuple, list[int]] = defaultdict(list)
     for i, rec in enumerate(rows):
-        groups[rec["reduced_formula"]].append(i)
+        groups[(rec["reduced_formula"], rec.pop("primitive_sites"))].append(i)
     matcher = StructureMatcher()
     kept, dropped = [], []
+
+    def same(a, b) -> bool:
+        return matcher.fit(a, b, skip_structure_reduction=True)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for members in groups.values():
-            excl = [(rows[i]["id"], _structure(rows[i])) for i in members if rows[i]["is_exclude"]]
+            if len(members) == 1 and not rows[members[0]]["is_exclude"]:
+                kept.append(rows[members[0]])
+                continue
+            excl = [(rows[i]["id"], _matcher_reduced(_structure(rows[i]))) for i in members if rows[i]["is_exclude"]]
             reps: list[tuple[dict, object]] = []
             for i in members:
                 rec = rows[i]
                 if rec["is_exclude"]:
                     continue
-                s = _structure(rec)
-                hit = next((eid for eid, es in excl if matcher.fit(s, es)), None)
+                s = _matcher_reduced(_structure(rec))
+                hit = next((eid for eid, es in excl if same(s, es)), None)
                 if hit is not None:
                     dropped.append({"key": rec["key"], "source": rec["source"], "stage": "matches_excluded", "of": hit})
                     continue
-                rep = next((r for r, rs in reps if matcher.fit(s, rs)), None)
+                rep = next((r for r, rs in reps if same(s, rs)), None)
                 if rep is not None:
                     rep["duplicates"] = list(rep["duplicates"]) + [rec["key"]]
                     dropped.append({"key": rec["key"], "source": rec["source"], "stage": "duplicate", "of": rep["key"]})
