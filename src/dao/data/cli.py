@@ -59,3 +59,15 @@ def relax(model, src, out, min_e_hull, max_e_hull, steps, fmax, optimizer, batch
     stats = relax_crysdb(src, out, model, min_e_hull, max_e_hull, steps, fmax, optimizer, batch_size,
                          str(resolve_device(device)), progress)
     click.echo(json.dumps(stats))
+
+
+@data_group.command("download")
+@click.argument("dataset", type=click.Choice(["mp_20", "mpts_52", "perov_5", "carbon_24"]))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Files go to OUT/DATASET/.")
+def download(dataset, out) -> None:
+    """Download DATASET's official train CSV from the DiffCSP repository, verified by sha256."""
+    from dao.data.download import download as fetch
+
+    for p in fetch(dataset, out, progress=True):
+        click.echo(f"{p} (sha256 verified)")
