@@ -121,6 +121,9 @@ _TRAIN_OPTIONS = [
     click.option("--devices", default="auto", show_default=True, help="GPUs (or CPU processes) per node."),
     click.option("--num-nodes", type=int, default=1, show_default=True),
     click.option("--max-time", default=None, help="Wall-clock budget DD:HH:MM:SS (overrides config)."),
+    click.option("--init", "init", default=None,
+                 help="Start from this checkpoint's weights and model config (stage II, finetuning); the train "
+                      "section still comes from --config."),
 ]
 
 _MODEL_NAMES = {"generator": "DAO-G", "energy": "DAO-P"}
@@ -133,7 +136,7 @@ def _train_options(f):
 
 
 def run_training(kind: str, data, val, exclude, config, out, resume, seed, device, devices, num_nodes, max_time,
-                 method: str | None = None) -> Path:
+                 method: str | None = None, init: str | None = None) -> Path:
     """Everything `dao train <kind>` does: read and filter data, build the model of that kind, fit."""
     from dao.data.dedupe import remove_overlap
     from dao.data.readers import read_any
@@ -157,9 +160,16 @@ def run_training(kind: str, data, val, exclude, config, out, resume, seed, devic
         report["removed_overlapping_excluded"] = removed
     if not crystals:
         raise DAOError("no training structures left after reading and filtering")
-    if method is not None:
-        cfg["method"] = method
-    model = model_class(kind, cfg).from_training_data(cfg, crystals)
+    if init is not None:
+        from dao.models.checkpoint import load_model
+
+        model = load_model(init, kind).train()
+        if method is not None and method != getattr(model, "method", method):
+            raise DAOError(f"--method {method}, but --init {init} is a {model.method} model")
+    else:
+        if method is not None:
+            cfg["method"] = method
+        model = model_class(kind, cfg).from_training_data(cfg, crystals)
     name = _MODEL_NAMES.get(kind, kind)
     click.echo(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "
                f"{len(crystals)} crystals, validating on {len(val_crystals)}", err=True)
@@ -168,7 +178,7 @@ def run_training(kind: str, data, val, exclude, config, out, resume, seed, devic
         click.echo(f"  energy labels: {energy_cfg.num_labels} of {len(crystals)} training crystals; standardised "
                    f"with mean {energy_cfg.mean:.4f}, std {energy_cfg.std:.4f} eV/atom", err=True)
     meta = {"data": [str(p) for p in data], "val": [str(p) for p in val], "exclude": [str(p) for p in exclude],
-            "data_report": report, "command": " ".join(sys.argv)}
+            "data_report": report, "command": " ".join(sys.argv), "init": init}
     path = fit(model, crystals, val_crystals, tcfg, out, resume=resume, device=resolve_device(device).type,
                devices=devices if devices == "auto" else int(devices), num_nodes=num_nodes, meta=meta)
     click.echo(f"model written to {path}", err=True)

@@ -87,7 +87,7 @@ def lr_lambda(warmup: int, total: int, lr: float, lr_min: float):
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if total <= warmup:
+        if total <= warmup or lr <= 0:
             return 1.0
         progress = min(1.0, (step - warmup) / (total - warmup))
         return (lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))) / lr
