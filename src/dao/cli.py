@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from dao.errors import DAOError
 
@@ -242,6 +243,75 @@ def energy(files, model, out, fmt, device, batch_size) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, "\n".join(lines) + "\n")
+
+
+@train.command("property")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="CSV with a cif column and the target column.")
+@click.option("--target", required=True, help="Target column (e.g. bulk_modulus, heat_ref, logtc).")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
+              help="k-fold cross-validation with fixed, seeded folds (ignored with --val/--test).")
+@click.option("--val", type=click.Path(path_type=Path), default=None, help="Validation split CSV (split mode).")
+@click.option("--test", type=click.Path(path_type=Path), default=None, help="Test split CSV (split mode).")
+@click.option("--init", default=None, help="Pretrained DAO-P (or DAO-G) checkpoint for the backbone; 'default' = bundled DAO-P.")
+@click.option("--config", type=click.Path(path_type=Path), default=None,
+              help="YAML with model, property (loss: l1|mse) and train sections.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Fold assignment and training seed.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also score a composition-only ridge regression on the same folds.")
+def train_property(data, target, folds, val, test, init, config, out, seed, device, baseline) -> None:
+    """Finetune DAO-P on a property (fresh head at t = 0, standardised target, MAE); k-fold CV or splits.
+
+    Writes OUT/predictions.csv, summary.json, parity.png, folds.json and OUT/fold<k>/model.pt (the fold
+    ensemble used by `dao predict-property --model OUT`).
+    """
+    from dao.property import run_property
+    from dao.runtime import resolve_device
+    from dao.train import load_config
+
+    cfg = load_config(config)
+    cfg.setdefault("train", {}).setdefault("seed", seed)
+    if init == "default":
+        from dao.models.checkpoint import resolve_model_path
+
+        init = str(resolve_model_path("default", "energy"))
+    if init is not None:
+        from dao.models.checkpoint import load_checkpoint
+
+        cfg["model"] = load_checkpoint(init)["config"]["model"]  # the backbone's architecture comes with it
+    summary = run_property(data, target, out, cfg, folds=folds, init=init, val=val, test=test,
+                           device=resolve_device(device).type, seed=seed, baseline=baseline,
+                           on_skip=lambda msg: click.echo(f"dao: {msg}", err=True))
+    click.echo(json.dumps({"target": target, "mode": summary["mode"], "n": summary["n_used"], **summary["scores"]}))
+
+
+@cli.command("predict-property")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="A property model.pt, or a `dao train property` folder (mean of its fold models).")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
+def predict_property_command(files, model, device) -> None:
+    """Predict a trained property for structure FILES (CIF, CSV, extxyz, folders); one JSON line each."""
+    from dao.models.checkpoint import load_model
+    from dao.property import predict_property
+    from dao.relax import read_inputs, report_unreadable
+    from dao.runtime import resolve_device
+
+    paths = sorted(model.glob("fold*/model.pt")) or sorted(model.glob("model/model.pt")) if model.is_dir() else [model]
+    if not paths:
+        raise DAOError(f"no property model found in {model}")
+    dev = resolve_device(device)
+    models = [load_model(p, "property", dev) for p in paths]
+    items, errors = read_inputs(files)
+    report_unreadable(items, errors, lambda msg: click.echo(f"dao: error: {msg}", err=True))
+    preds = [predict_property(m, [c for _, c in items]) for m in models]
+    mean, spread = np.mean(preds, axis=0), np.std(preds, axis=0)
+    target = models[0].config.target
+    for (name, c), m, sd in zip(items, mean, spread):
+        click.echo(json.dumps({"name": name, "formula": c.to_structure().composition.reduced_formula,
+                               target: round(float(m), 6), "ensemble_std": round(float(sd), 6),
+                               "models": len(models)}))
 
 
 @cli.command()

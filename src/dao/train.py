@@ -244,12 +244,15 @@ def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal]
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_ds, val_ds = CrystalDataset(train), CrystalDataset(val)
+    import functools
+
+    collate_fn = functools.partial(collate, label_key=getattr(model, "label_key", "e_above_hull"))
     train_sampler = BucketBatchSampler(train_ds.sizes, cfg.batch_size, seed=cfg.seed)
     # the loaders get their own generator: creating an iterator must not draw from the global RNG (exact resume)
-    train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate, num_workers=cfg.num_workers,
+    train_dl = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
                           generator=torch.Generator().manual_seed(cfg.seed))
     val_dl = DataLoader(val_ds, batch_sampler=BucketBatchSampler(val_ds.sizes, cfg.batch_size, shuffle=False),
-                        collate_fn=collate, num_workers=cfg.num_workers,
+                        collate_fn=collate_fn, num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(cfg.seed)) if len(val_ds) else None
     meta = dict(meta or {})
     meta.update({"train_config": asdict(cfg), "num_train": len(train_ds), "num_val": len(val_ds),

@@ -26,8 +26,9 @@ class CrystalDataset(Dataset):
         return np.array([c.num_atoms for c in self.crystals])
 
 
-def collate(crystals: list[Crystal]) -> CrystalBatch:
-    return CrystalBatch.from_crystals(crystals, energy_key="e_above_hull")
+def collate(crystals: list[Crystal], label_key: str = "e_above_hull") -> CrystalBatch:
+    """Batch crystals; ``meta[label_key]`` becomes the per-crystal label (NaN where absent)."""
+    return CrystalBatch.from_crystals(crystals, energy_key=label_key)
 
 
 class BucketBatchSampler(Sampler[list[int]]):

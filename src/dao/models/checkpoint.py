@@ -87,6 +87,10 @@ def model_class(kind: str, config: dict | None = None):
         from dao.models.energy import DAOEnergyModel
 
         return DAOEnergyModel
+    if kind == "property":
+        from dao.models.property import DAOPropertyModel
+
+        return DAOPropertyModel
     raise CheckpointError(f"unknown model kind {kind!r}")
 
 
