@@ -260,7 +260,10 @@ def energy(files, model, out, fmt, device, batch_size) -> None:
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also score a composition-only ridge regression on the same folds.")
-def train_property(data, target, folds, val, test, init, config, out, seed, device, baseline) -> None:
+@click.option("--augment", type=click.Path(path_type=Path), default=None,
+              help="Extra training structures (CSV with the same target column, e.g. from `dao data tc-augment`): "
+                   "added to every training fold, never to a held-out one.")
+def train_property(data, target, folds, val, test, init, config, out, seed, device, baseline, augment) -> None:
     """Finetune DAO-P on a property (fresh head at t = 0, standardised target, MAE); k-fold CV or splits.
 
     Writes OUT/predictions.csv, summary.json, parity.png, folds.json and OUT/fold<k>/model.pt (the fold
@@ -281,9 +284,39 @@ def train_property(data, target, folds, val, test, init, config, out, seed, devi
 
         cfg["model"] = load_checkpoint(init)["config"]["model"]  # the backbone's architecture comes with it
     summary = run_property(data, target, out, cfg, folds=folds, init=init, val=val, test=test,
-                           device=resolve_device(device).type, seed=seed, baseline=baseline,
+                           device=resolve_device(device).type, seed=seed, baseline=baseline, augment=augment,
                            on_skip=lambda msg: click.echo(f"dao: {msg}", err=True))
     click.echo(json.dumps({"target": target, "mode": summary["mode"], "n": summary["n_used"], **summary["scores"]}))
+
+
+@cli.command("tc")
+@click.argument("formula")
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="A `dao train property --target logtc` folder (its fold models form the ensemble).")
+@click.option("-n", "n", type=click.IntRange(1), default=5, show_default=True, help="Structures to generate.")
+@click.option("--generator", default="default", show_default=True, help="DAO-G checkpoint.")
+@click.option("--energy-model", default=None, help="DAO-P for energy-guided generation.")
+@click.option("--guidance-scale", type=float, default=None)
+@click.option("--steps", type=click.IntRange(2), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+def tc(formula, model, n, generator, energy_model, guidance_scale, steps, seed, device) -> None:
+    """Predict the superconducting Tc of FORMULA: generate structures, score them with the ln Tc fold
+    ensemble, report Tc (K) with the spread over structures and over models. Fractional formulas
+    (La1.85Sr0.15CuO4) are scaled to the smallest whole-atom cell the generator supports."""
+    from dao.models.checkpoint import load_generator, load_model
+    from dao.prediction import guidance_for
+    from dao.runtime import resolve_device
+    from dao.superconductors import predict_tc
+
+    paths = sorted(model.glob("fold*/model.pt")) or sorted(model.glob("model/model.pt")) if model.is_dir() else [model]
+    if not paths:
+        raise DAOError(f"no property model found in {model}")
+    dev = resolve_device(device)
+    gen = load_generator(generator, dev)
+    guidance, _ = guidance_for(gen, energy_model, guidance_scale, dev)
+    models = [load_model(p, "property", dev) for p in paths]
+    click.echo(json.dumps(predict_tc(formula, gen, models, n=n, seed=seed, steps=steps, guidance=guidance)))
 
 
 @cli.command("predict-property")

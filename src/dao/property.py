@@ -152,7 +152,7 @@ def _train_one(cfg: dict, train: list, val: list, target: str, init: str | None,
 def run_property(data: str | Path, target: str, out: str | Path, config: dict, folds: int = 5,
                  init: str | None = None, val: str | Path | None = None, test: str | Path | None = None,
                  device: str = "cpu", seed: int = 0, progress: bool = False, baseline: bool = True,
-                 on_skip=None) -> dict:
+                 on_skip=None, augment: str | Path | None = None) -> dict:
     """Train and score a property task; see the module docstring. Returns the summary."""
     from dao.structure_io import atomic_write_text, write_json
 
@@ -163,6 +163,9 @@ def run_property(data: str | Path, target: str, out: str | Path, config: dict, f
     report_skips = {"data": skipped}
     if not crystals:
         raise DAOError(f"no usable rows in {data} ({len(skipped)} skipped)")
+    extra: list[Crystal] = []
+    if augment is not None:  # joins every training set, never a held-out one
+        extra, report_skips["augment"] = read_property_data(augment, target)
     rows: list[dict] = []
 
     def evaluate_on(model, train: list, held: list, fold) -> dict:
@@ -173,8 +176,9 @@ def run_property(data: str | Path, target: str, out: str | Path, config: dict, f
         mean_pred = float(np.mean([c.meta["target"] for c in train]))
         for c, p, b in zip(held, pred, base):
             rows.append({"id": c.meta["id"], "fold": fold, "target": c.meta["target"], "prediction": float(p),
-                         "baseline_composition": float(b)})
-        return {"mae": float(np.abs(pred - y).mean()), "mae_composition_baseline": float(np.abs(base - y).mean()),
+                         "baseline_composition": float(b) if baseline else ""})
+        return {"mae": float(np.abs(pred - y).mean()),
+                "mae_composition_baseline": float(np.abs(base - y).mean()) if baseline else None,
                 "mae_mean_predictor": float(np.abs(mean_pred - y).mean()), "n": len(held)}
 
     if val is not None or test is not None:
@@ -183,7 +187,7 @@ def run_property(data: str | Path, target: str, out: str | Path, config: dict, f
         for name, p in (("val", val), ("test", test)):
             if p is not None:
                 held[name], report_skips[name] = read_property_data(p, target)
-        model = _train_one(config, crystals, held.get("val", []), target, init, out / "model", device, progress)
+        model = _train_one(config, crystals + extra, held.get("val", []), target, init, out / "model", device, progress)
         summary_scores = {name: evaluate_on(model, crystals, cs, name) for name, cs in held.items() if cs}
     else:
         mode = f"{folds}-fold"
@@ -195,11 +199,12 @@ def run_property(data: str | Path, target: str, out: str | Path, config: dict, f
             train = [c for i, c in enumerate(crystals) if i not in held_out]
             test_fold = [crystals[i] for i in f]
             # the held-out fold only monitors the loss: nothing is selected on it
-            model = _train_one(config, train, test_fold, target, init, out / f"fold{k}", device, progress)
+            model = _train_one(config, train + extra, test_fold, target, init, out / f"fold{k}", device, progress)
             per_fold.append(evaluate_on(model, train, test_fold, k))
         maes = [r["mae"] for r in per_fold]
         summary_scores = {"mae": float(np.mean(maes)), "mae_std_over_folds": float(np.std(maes)), "mae_per_fold": maes,
-                          "mae_composition_baseline": float(np.mean([r["mae_composition_baseline"] for r in per_fold])),
+                          "mae_composition_baseline": float(np.mean([r["mae_composition_baseline"] for r in per_fold]))
+                          if baseline else None,
                           "mae_mean_predictor": float(np.mean([r["mae_mean_predictor"] for r in per_fold]))}
 
     buf = io.StringIO()
@@ -209,6 +214,7 @@ def run_property(data: str | Path, target: str, out: str | Path, config: dict, f
     atomic_write_text(out / "predictions.csv", buf.getvalue())
     _parity_plot(rows, target, out / "parity.png")
     summary = {"task": str(data), "target": target, "mode": mode, "init": init, "n_used": len(crystals),
+               "augment": {"path": str(augment), "n_used": len(extra)} if augment is not None else None,
                "skipped": {k: {"count": len(v), "examples": [f"{a}: {b}" for a, b in v[:10]]} for k, v in report_skips.items()},
                "scores": summary_scores, "train_config": config.get("train", {}), "seconds": round(time.time() - t0, 1)}
     write_json(summary, out / "summary.json")

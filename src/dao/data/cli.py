@@ -71,3 +71,46 @@ def download(dataset, out) -> None:
 
     for p in fetch(dataset, out, progress=True):
         click.echo(f"{p} (sha256 verified)")
+
+
+@data_group.command("tc-augment")
+@click.option("--formulas", required=True, type=click.Path(path_type=Path),
+              help="CSV of superconductors without structures (columns Formula, Tc), e.g. supercon_11949.csv.")
+@click.option("--exclude", "excludes", multiple=True, type=click.Path(path_type=Path),
+              help="Tc task CSV(s) whose formulas must not be augmented (the evaluation pool); repeat.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="CSV to write (cif, logtc, ...).")
+@click.option("--generator", default="default", show_default=True)
+@click.option("--energy-model", default=None, help="DAO-P for energy-guided generation.")
+@click.option("--guidance-scale", type=float, default=None)
+@click.option("--max-atoms", type=click.IntRange(1), default=None, help="Cell size limit (default: the generator's).")
+@click.option("--steps", type=click.IntRange(2), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def tc_augment(formulas, excludes, out, generator, energy_model, guidance_scale, max_atoms, steps, seed, device) -> None:
+    """Generate one structure per superconductor formula (ln Tc label) for Tc training augmentation."""
+    import csv
+
+    from dao.data.readers import iter_csv_rows
+    from dao.models.checkpoint import load_generator
+    from dao.prediction import guidance_for
+    from dao.runtime import resolve_device
+    from dao.superconductors import generate_augmentation, write_structures_csv
+
+    dev = resolve_device(device)
+    gen = load_generator(generator, dev)
+    guidance, _ = guidance_for(gen, energy_model, guidance_scale, dev)
+    exclude = set()
+    for p in excludes:
+        from dao.data.readers import structure_from_cif_string
+
+        for row in iter_csv_rows(p):
+            try:
+                exclude.add(structure_from_cif_string(row["cif"]).composition.reduced_formula)
+            except Exception:
+                continue
+    with open(formulas, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    crystals, counts = generate_augmentation(rows, gen, exclude, max_atoms=max_atoms, seed=seed, steps=steps,
+                                             guidance=guidance)
+    write_structures_csv(crystals, out)
+    click.echo(json.dumps({"excluded_formulas": len(exclude), **counts, "out": str(out)}))
