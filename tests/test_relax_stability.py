@@ -80,7 +80,8 @@ def test_batched_relaxation_equals_one_by_one():
     together = relax_batch(inputs, CalculatorPotential(EMT()), steps=60, fmax=1e-3, trajectory_every=10)
     for a, r in zip(inputs, together):
         alone = relax_batch([a], CalculatorPotential(EMT()), steps=60, fmax=1e-3, trajectory_every=10)[0]
-        assert alone.record == r.record
+        timing = {"seconds"}
+        assert {k: v for k, v in alone.record.items() if k not in timing} == {k: v for k, v in r.record.items() if k not in timing}
         assert np.allclose(alone.atoms.positions, r.atoms.positions) and np.allclose(alone.atoms.cell, r.atoms.cell)
         assert len(r.trajectory) == len(alone.trajectory) == 60 // 10 + 1
 

@@ -359,7 +359,8 @@ def predict_property_command(files, model, device) -> None:
 @click.option("--fmax", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
               help="Convergence: max force (eV/Å), and the cell filter's stress term.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Wall-clock seconds per batch of structures before the unfinished ones stop (status 'timeout').")
+              help="Seconds of potential time per structure (a batched step's time is shared by atom count); "
+                   "a structure past it stops with status 'timeout'.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Structures relaxed together (one batched potential call per step).")
 @click.option("--max-volume-ratio", type=click.FloatRange(min=1, min_open=True), default=3.0, show_default=True,
