@@ -73,15 +73,17 @@ class DAOFlowGenerator(nn.Module):
         w = self.config.flow
         return {"loss": w.lattice_weight * loss_l + w.coord_weight * loss_f, "loss_lattice": loss_l, "loss_coord": loss_f}
 
-    @torch.no_grad()
     def sample(self, template: CrystalBatch, num_steps: int | None = None, corrector: bool = True,
                guidance: Sequence = (), generator: torch.Generator | None = None,
                progress: bool = False) -> CrystalBatch:
+        from dao.runtime import sampling_context
+
         was_training = self.training
         self.eval()
         try:
-            return sample_ode(self.velocity, template, self.flow, num_steps=num_steps or self.default_steps,
-                              integrator=self.config.flow.integrator, guidance=guidance, generator=generator,
-                              progress=progress)
+            with sampling_context(guidance):
+                return sample_ode(self.velocity, template, self.flow, num_steps=num_steps or self.default_steps,
+                                  integrator=self.config.flow.integrator, guidance=guidance, generator=generator,
+                                  progress=progress)
         finally:
             self.train(was_training)

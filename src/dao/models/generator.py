@@ -78,15 +78,17 @@ class DAOGenerator(nn.Module):
         loss_f = ((out.coord - target) ** 2).mean()
         return {"loss": loss_l + loss_f, "loss_lattice": loss_l, "loss_coord": loss_f}
 
-    @torch.no_grad()
     def sample(self, template: CrystalBatch, num_steps: int | None = None, corrector: bool = True,
                guidance: Sequence[GuidanceTerm] = (), generator: torch.Generator | None = None,
                progress: bool = False) -> CrystalBatch:
+        from dao.runtime import sampling_context
+
         was_training = self.training
         self.eval()
         try:
-            return sample_pc(self.denoise, template, self.coord_process, self.lattice_process, num_steps=num_steps,
-                             step_lr=self.config.diffusion.step_lr, corrector=corrector, guidance=guidance,
-                             generator=generator, progress=progress)
+            with sampling_context(guidance):
+                return sample_pc(self.denoise, template, self.coord_process, self.lattice_process, num_steps=num_steps,
+                                 step_lr=self.config.diffusion.step_lr, corrector=corrector, guidance=guidance,
+                                 generator=generator, progress=progress)
         finally:
             self.train(was_training)
