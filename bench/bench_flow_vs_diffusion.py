@@ -38,7 +38,10 @@ def score(model: str, steps: int, split: Path, limit: int, seed: int, out: Path,
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--diffusion", required=True)
+    ap.add_argument("--diffusion", default=None)
+    ap.add_argument("--diffusion-from", default=None,
+                    help="summary.json of an earlier `dao benchmark` of the diffusion model on the same rows and seed "
+                         "(reused instead of sampling 1000 PC steps again)")
     ap.add_argument("--flow", required=True)
     ap.add_argument("--split", default=str(data_dir() / "csp" / "mp_20" / "val.csv.gz"))
     ap.add_argument("--limit", type=int, default=100)
@@ -51,7 +54,21 @@ def main() -> None:
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="dao_flow_vs_diff_"))
     rows = []
-    for name, model, steps_list in (("diffusion", args.diffusion, args.diffusion_steps), ("flow", args.flow, args.flow_steps)):
+    if args.diffusion_from:
+        prev = json.loads(Path(args.diffusion_from).read_text())
+        g = prev["generation"]
+        if g["num_compositions"] != args.limit or g["seed"] != args.seed or g["k"] != 1:
+            raise SystemExit("--diffusion-from was run on other rows, seed or k")
+        rows.append({"model": g["model"], "steps": g["steps"], "method": g["method"], "match_rate": prev["match_rate"],
+                     "rmse": prev["rmse"], "match_rate_unfiltered": prev["match_rate_unfiltered"],
+                     "rmse_unfiltered": prev["rmse_unfiltered"],
+                     "seconds_per_structure": g["seconds_per_structure_this_run"], "from": args.diffusion_from})
+    elif args.diffusion is None:
+        raise SystemExit("give --diffusion or --diffusion-from")
+    jobs = [("flow", args.flow, args.flow_steps)]
+    if args.diffusion:
+        jobs.insert(0, ("diffusion", args.diffusion, args.diffusion_steps))
+    for name, model, steps_list in jobs:
         for steps in steps_list:
             rows.append({"model": model, **score(model, steps, Path(args.split), args.limit, args.seed,
                                                  root / f"{name}_{steps}", args.batch_size)})
