@@ -31,7 +31,7 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(2), default=None,
               help="Sampling steps (default: the model's full schedule, diffusion.num_steps in `dao info`).")
-@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint (model.pt) or 'default'.")
+@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint (model.pt), 'default', 'default-diffusion' or 'default-flow'.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -40,7 +40,7 @@ def cli() -> None:
 @click.option("--guidance-scale", type=float, default=None,
               help="Energy-guidance scale s (needs --energy-model; default 20, the published value).")
 @click.option("--method", type=click.Choice(["diffusion", "flow"]), default=None,
-              help="Require a generator of this kind (the checkpoint decides; see `dao info`).")
+              help="With --model default: the bundled generator of this kind; with a checkpoint: require that kind.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
 def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress, energy_model,
@@ -65,7 +65,7 @@ def predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch
 
 @cli.command()
 @click.option("--split", type=click.Path(path_type=Path), required=True, help="CSP split CSV (DiffCSP format).")
-@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint or 'default'.")
+@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint, 'default', 'default-diffusion' or 'default-flow'.")
 @click.option("-k", "k", type=click.IntRange(1), default=1, show_default=True, help="Samples per composition.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N rows of the split.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (resumable).")

@@ -159,11 +159,11 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_at
                 compile: bool = False) -> dict:
     """The ``dao predict`` job: validate everything first, sample, then write all outputs at once."""
     from dao import __version__
-    from dao.models.checkpoint import load_generator
+    from dao.models.checkpoint import bundled_generator_for, load_generator
 
     t0 = time.time()
     dev = resolve_device(device)
-    gen_model = load_generator(model, dev, compile=compile)
+    gen_model = load_generator(bundled_generator_for(model, method), dev, compile=compile)
     if method is not None and method != gen_model.method:
         raise DAOError(f"--method {method}, but {gen_model.checkpoint_path} is a {gen_model.method} generator "
                        f"(train one with `dao train generator --method {method}`)")

@@ -88,13 +88,23 @@ def _guided(velocity: Velocity, guidance: Sequence) -> Velocity:
 @torch.no_grad()
 def sample_ode(velocity: Velocity, template: CrystalBatch, flow: CrystalFlow, num_steps: int = 50,
                integrator: str = "euler", guidance: Sequence = (), generator: torch.Generator | None = None,
-               progress: bool = False) -> CrystalBatch:
-    """Integrate dF/dτ = v_F, dL/dτ = v_L from τ = 0 (noise) to 1 with Euler or Heun steps."""
+               progress: bool = False, coord_velocity_slope: float = 0.0) -> CrystalBatch:
+    """Integrate dF/dτ = v_F, dL/dτ = v_L from τ = 0 (noise) to 1 with Euler or Heun steps.
+
+    ``coord_velocity_slope`` s > 0 integrates dF/dτ = (1 + s·τ)·v_F instead ("velocity annealing": the
+    coordinates commit to the predicted endpoint faster late in the trajectory; FlowMM uses it at inference)."""
     from tqdm.auto import tqdm
 
     if integrator not in ("euler", "heun"):
         raise ValueError(f"unknown integrator {integrator!r} (euler or heun)")
-    vel = _guided(velocity, guidance)
+    guided = _guided(velocity, guidance)
+
+    def vel(batch: CrystalBatch, t: torch.Tensor):
+        v_lat, v_frac = guided(batch, t)
+        if coord_velocity_slope:
+            v_frac = v_frac * (1.0 + coord_velocity_slope * (1.0 - t))[batch.batch].view(-1, 1)
+        return v_lat, v_frac
+
     frac, lat = flow.sample_base(template, generator)
     b = template.num_crystals
     dev = frac.device

@@ -16,7 +16,10 @@ import torch
 from dao.errors import CheckpointError
 
 FORMAT_VERSION = 1
-DEFAULT_GENERATOR = "dao_g_default.pt"
+#: the bundled generators, by method; ``"default-diffusion"`` / ``"default-flow"`` name them explicitly
+BUNDLED_GENERATORS = {"diffusion": "dao_g_diffusion.pt", "flow": "dao_g_flow.pt"}
+DEFAULT_METHOD = "diffusion"  # what ``"default"`` means for generators (see docs/flow_vs_diffusion.md)
+DEFAULT_GENERATOR = BUNDLED_GENERATORS[DEFAULT_METHOD]
 DEFAULT_ENERGY = "dao_p_default.pt"
 #: the bundled checkpoint that ``"default"`` names, per model kind
 DEFAULT_MODELS = {"generator": DEFAULT_GENERATOR, "energy": DEFAULT_ENERGY}
@@ -44,10 +47,19 @@ def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = Non
 
 
 def resolve_model_path(spec: str | Path, kind: str = "generator") -> Path:
-    """``default`` → the bundled checkpoint of that kind (DAO-G unless ``kind="energy"``); else a path."""
-    if str(spec) == "default":
+    """``default`` → the bundled checkpoint of that kind (DAO-G unless ``kind="energy"``);
+    ``default-diffusion`` / ``default-flow`` → the bundled generator of that method; else a path."""
+    name = str(spec)
+    if name == "default":
         return Path(str(resources.files("dao.resources").joinpath(DEFAULT_MODELS.get(kind, DEFAULT_GENERATOR))))
+    if name.startswith("default-") and name[8:] in BUNDLED_GENERATORS and not Path(name).exists():
+        return Path(str(resources.files("dao.resources").joinpath(BUNDLED_GENERATORS[name[8:]])))
     return Path(spec)
+
+
+def bundled_generator_for(spec: str | Path, method: str | None) -> str | Path:
+    """``--model default --method M`` means the bundled generator of method M."""
+    return f"default-{method}" if str(spec) == "default" and method is not None else spec
 
 
 def load_checkpoint(spec: str | Path, kind: str | None = None) -> dict:

@@ -18,6 +18,8 @@ class FlowConfig:
     integrator: str = "euler"  # euler | heun
     lattice_weight: float = 1.0
     coord_weight: float = 10.0  # coordinate velocities are ~10× smaller than lattice velocities (Å)
+    # sampling only: coordinate velocity × (1 + slope·τ) ("velocity annealing", as FlowMM's inference slope)
+    coord_velocity_slope: float = 0.0
 
 
 @dataclass
@@ -84,6 +86,6 @@ class DAOFlowGenerator(nn.Module):
             with sampling_context(guidance):
                 return sample_ode(self.velocity, template, self.flow, num_steps=num_steps or self.default_steps,
                                   integrator=self.config.flow.integrator, guidance=guidance, generator=generator,
-                                  progress=progress)
+                                  progress=progress, coord_velocity_slope=self.config.flow.coord_velocity_slope)
         finally:
             self.train(was_training)
