@@ -153,8 +153,12 @@ class CHGNetPotential:
     energy_unit = "eV/atom (CHGNet, MP2020-compatible total energy)"
 
     def __init__(self, model: str = "0.3.0", device: str = "cpu", batch_size: int = 32) -> None:
+        import contextlib
+        import sys
+
         chgnet = require_chgnet()
-        self.model = chgnet.CHGNet.load(model_name=model, use_device=str(device), verbose=False)
+        with contextlib.redirect_stdout(sys.stderr):  # CHGNet announces itself on stdout; ours is for results
+            self.model = chgnet.CHGNet.load(model_name=model, use_device=str(device), verbose=False)
         self.name = f"chgnet-{model}"
         self.batch_size = batch_size
 
