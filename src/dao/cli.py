@@ -304,18 +304,16 @@ def tc(formula, model, n, generator, energy_model, guidance_scale, steps, seed, 
     """Predict the superconducting Tc of FORMULA: generate structures, score them with the ln Tc fold
     ensemble, report Tc (K) with the spread over structures and over models. Fractional formulas
     (La1.85Sr0.15CuO4) are scaled to the smallest whole-atom cell the generator supports."""
-    from dao.models.checkpoint import load_generator, load_model
+    from dao.models.checkpoint import load_generator
     from dao.prediction import guidance_for
+    from dao.property import load_property_models
     from dao.runtime import resolve_device
     from dao.superconductors import predict_tc
 
-    paths = sorted(model.glob("fold*/model.pt")) or sorted(model.glob("model/model.pt")) if model.is_dir() else [model]
-    if not paths:
-        raise DAOError(f"no property model found in {model}")
     dev = resolve_device(device)
+    models = load_property_models(model, dev)
     gen = load_generator(generator, dev)
     guidance, _ = guidance_for(gen, energy_model, guidance_scale, dev)
-    models = [load_model(p, "property", dev) for p in paths]
     click.echo(json.dumps(predict_tc(formula, gen, models, n=n, seed=seed, steps=steps, guidance=guidance)))
 
 
@@ -326,16 +324,11 @@ def tc(formula, model, n, generator, energy_model, guidance_scale, steps, seed, 
 @click.option("--device", type=DEVICE, default="cpu", show_default=True)
 def predict_property_command(files, model, device) -> None:
     """Predict a trained property for structure FILES (CIF, CSV, extxyz, folders); one JSON line each."""
-    from dao.models.checkpoint import load_model
-    from dao.property import predict_property
+    from dao.property import load_property_models, predict_property
     from dao.relax import read_inputs, report_unreadable
     from dao.runtime import resolve_device
 
-    paths = sorted(model.glob("fold*/model.pt")) or sorted(model.glob("model/model.pt")) if model.is_dir() else [model]
-    if not paths:
-        raise DAOError(f"no property model found in {model}")
-    dev = resolve_device(device)
-    models = [load_model(p, "property", dev) for p in paths]
+    models = load_property_models(model, resolve_device(device))
     items, errors = read_inputs(files)
     report_unreadable(items, errors, lambda msg: click.echo(f"dao: error: {msg}", err=True))
     preds = [predict_property(m, [c for _, c in items]) for m in models]

@@ -128,6 +128,18 @@ def _predict(model, crystals: Sequence[Crystal], batch_size: int = 64) -> np.nda
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def load_property_models(path: str | Path, device="cpu") -> list:
+    """The models of a ``dao train property`` folder (every ``fold<k>/model.pt``, or ``model/model.pt``), or
+    one ``model.pt``."""
+    from dao.models.checkpoint import load_model
+
+    path = Path(path)
+    paths = (sorted(path.glob("fold*/model.pt")) or sorted(path.glob("model/model.pt"))) if path.is_dir() else [path]
+    if not paths:
+        raise DAOError(f"no property model found in {path}")
+    return [load_model(p, "property", device) for p in paths]
+
+
 def predict_property(model, crystals: Sequence[Crystal], batch_size: int = 64) -> np.ndarray:
     """Predictions in target units for loaded property model(s); several models give the ensemble mean."""
     models = model if isinstance(model, (list, tuple)) else [model]
