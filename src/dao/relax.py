@@ -315,7 +315,8 @@ def run_relax(paths: Sequence[str | Path], model: str, out: str | Path, steps: i
             results = relax_batch([c.to_atoms() for _, c in chunk], pot, steps=steps, fmax=fmax, relax_cell=relax_cell,
                                   max_volume_ratio=max_volume_ratio, timeout=timeout,
                                   trajectory_every=trajectory_every,
-                                  progress=(lambda k, n: bar.update(base + k - bar.n)) if bar is not None else None)
+                                  progress=(lambda k, n: bar.update(base + k - bar.n) if base + k > bar.n else None)
+                                  if bar is not None else None)
             for (name, crystal), r in zip(chunk, results):
                 rec = {"name": name, "formula": crystal.to_structure().composition.reduced_formula, **r.record}
                 if r.record["status"] in ("converged", "not_converged", "timeout"):
