@@ -20,7 +20,7 @@ from dao.formula import CellComposition
 def integer_cell(formula: str, max_atoms: int, tol: float = 1e-3) -> CellComposition | None:
     """The smallest whole-atom multiple of ``formula`` (amounts may be fractional, e.g. La1.85Sr0.15CuO4)
     with at most ``max_atoms`` atoms, or None."""
-    from pymatgen.core import Composition
+    from pymatgen.core import Composition, Element
 
     from dao.nn.embeddings import MAX_Z
 
@@ -28,7 +28,8 @@ def integer_cell(formula: str, max_atoms: int, tol: float = 1e-3) -> CellComposi
         comp = Composition(formula)
     except Exception:
         return None
-    if not len(comp) or any(el.Z > MAX_Z for el in comp):
+    # pymatgen may read an unknown symbol as a dummy species: only real elements up to MAX_Z count
+    if not len(comp) or any(not isinstance(el, Element) or el.Z > MAX_Z for el in comp):
         return None
     for z in range(1, max_atoms + 1):
         amounts = [(el.symbol, amt * z) for el, amt in comp.items()]
