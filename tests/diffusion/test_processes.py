@@ -188,3 +188,25 @@ def test_guidance_term_lowers_a_known_energy():
     assert float(energy(guided).mean()) < 0.8 * float(energy(plain).mean())
     zero = run([QuadraticLatticeEnergy(target, scale=0.0)])
     torch.testing.assert_close(zero.lattice, plain.lattice)
+
+
+def test_lattice_step_with_clipped_l0():
+    """The L̂₀ form of the ancestral step equals the ε form when nothing is clipped, and a clip bounds the
+    step even for an absurd ε̂ (the respaced first steps divide by a tiny √ᾱ)."""
+    from dao.diffusion.processes import LatticeDDPM
+
+    ddpm = LatticeDDPM(1000)
+    gen = torch.Generator().manual_seed(0)
+    lat = torch.randn(3, 3, 3, generator=gen)
+    eps = torch.randn(3, 3, 3, generator=gen)
+    noise = torch.randn(3, 3, 3, generator=gen)
+    for t, t_prev in ((1000, 900), (500, 499), (10, 0)):
+        free = ddpm.step(lat, eps, t, t_prev, noise)
+        loose = ddpm.step(lat, eps, t, t_prev, noise, clip=torch.full((3,), 1e9))
+        torch.testing.assert_close(loose, free, atol=1e-3, rtol=1e-4)
+    c = 10.0
+    wild = ddpm.step(lat, 1e6 * eps, 1000, 900, torch.zeros_like(noise), clip=torch.full((3,), c))
+    ab, ab_prev = float(ddpm.alpha_bar[1000]), float(ddpm.alpha_bar[900])
+    a, b = ab / ab_prev, 1 - ab / ab_prev
+    bound = ab_prev**0.5 * b / (1 - ab) * c + a**0.5 * (1 - ab_prev) / (1 - ab) * lat.abs()
+    assert torch.isfinite(wild).all() and (wild.abs() <= bound + 1e-4).all()

@@ -31,14 +31,25 @@ class LatticeDDPM:
         return ab.sqrt() * lattice0 + (1 - ab).sqrt() * noise, noise
 
     def step(self, lattice_t: torch.Tensor, eps_pred: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor,
-             energy_grad: torch.Tensor | None = None, guidance_scale: float = 0.0) -> torch.Tensor:
+             energy_grad: torch.Tensor | None = None, guidance_scale: float = 0.0,
+             clip: torch.Tensor | None = None) -> torch.Tensor:
         """Ancestral step L_t → L_{t_prev} (t_prev = t − 1, or fewer steps with a respaced schedule),
-        optionally guided by −s·σ̃²·∂E/∂L with σ̃² the step's posterior variance."""
+        optionally guided by −s·σ̃²·∂E/∂L with σ̃² the step's posterior variance.
+
+        ``clip`` (B,) bounds the entries of the predicted clean lattice L̂₀ to [−clip, clip] before the
+        posterior mean is formed (DDPM's clip_denoised): on a respaced schedule the first steps divide by
+        a tiny √ᾱ and one poor ε̂ can otherwise explode a cell."""
         ab, ab_prev = float(self.alpha_bar[t]), float(self.alpha_bar[t_prev])
         a = ab / ab_prev
         b = 1 - a
         var = b * (1 - ab_prev) / (1 - ab)
-        mean = (lattice_t - b / (1 - ab) ** 0.5 * eps_pred) / a**0.5
+        if clip is None:
+            mean = (lattice_t - b / (1 - ab) ** 0.5 * eps_pred) / a**0.5
+        else:  # the same posterior mean written through L̂₀, with L̂₀ clipped
+            bound = clip.view(-1, 1, 1).to(lattice_t.dtype)
+            l0 = (lattice_t - (1 - ab) ** 0.5 * eps_pred) / ab**0.5
+            l0 = torch.maximum(torch.minimum(l0, bound), -bound)
+            mean = (ab_prev**0.5 * b / (1 - ab)) * l0 + (a**0.5 * (1 - ab_prev) / (1 - ab)) * lattice_t
         if energy_grad is not None and guidance_scale:
             mean = mean - guidance_scale * var * energy_grad
         return mean + var**0.5 * noise

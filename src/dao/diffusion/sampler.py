@@ -72,6 +72,9 @@ def sample_pc(
     frac = torch.rand((nt, 3), generator=generator, device="cpu" if generator is None else generator.device).to(device)
     lat = randn((b, 3, 3))
     ts = timesteps(T, num_steps)
+    # respaced schedules clip the predicted clean lattice: no entry beyond 4× the edge of a cube of
+    # 30 Å³ per atom (≈ 64× a typical volume; the full schedule is left exactly as trained)
+    clip = 4.0 * (30.0 * template.num_atoms.to(device).double()) ** (1 / 3) if len(ts) < T else None
     for i, t in enumerate(tqdm(ts, desc="sampling", disable=not progress, leave=False, unit="step")):
         t_prev = ts[i + 1] if i + 1 < len(ts) else 0
         tc = torch.full((b,), t / T, device=device)
@@ -87,5 +90,5 @@ def sample_pc(
             grad_f, grad_l = _guidance_gradients(guidance, batch, tc)
         score = coords.score_from_output(out_f, t)
         frac = coords.predictor_step(frac, score, t, t_prev, randn((nt, 3)), grad_f, scale)
-        lat = lattice.step(lat, eps_l, t, t_prev, randn((b, 3, 3)), grad_l, scale)
+        lat = lattice.step(lat, eps_l, t, t_prev, randn((b, 3, 3)), grad_l, scale, clip=clip)
     return template.replace(frac=frac.clone(), lattice=lat.clone())
