@@ -12,14 +12,12 @@ coordinates F = x·L⁻¹ and the lattice L, so autograd differentiates exactly 
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
 
-from dao.crystal import CrystalBatch
 
 
 def niggli_transform(cell: np.ndarray) -> np.ndarray:
@@ -63,71 +61,37 @@ class DAOCalculator(Calculator):
     def __init__(self, model="default", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
                  niggli: bool = True, niggli_tolerance: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
+        from dao.potentials import DAOPotential
+
         if isinstance(model, (str, Path)):
             from dao.models.checkpoint import load_energy_model
 
             model = load_energy_model(model, "cpu")
-        self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval().requires_grad_(False)
-        self.device, self.dtype = torch.device(device), dtype
-        self.niggli, self.niggli_tolerance = niggli, niggli_tolerance
-        self._basis: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (numbers, cell, M)
+        self.potential = DAOPotential(model, device=device, dtype=dtype, niggli=niggli,
+                                      niggli_tolerance=niggli_tolerance)
 
     def reset(self) -> None:
         super().reset()
-        self._basis = None
+        self.potential.basis.pop(0, None)
 
     @property
     def state(self):
         """The per-structure Niggli basis (kept across steps); relaxing several structures with one calculator
         saves and restores it per structure (see :class:`dao.potentials.CalculatorPotential`)."""
-        return self._basis
+        return self.potential.basis.get(0)
 
     @state.setter
     def state(self, value) -> None:
-        self._basis = value
-
-    def basis_transform(self, numbers: np.ndarray, cell: np.ndarray) -> np.ndarray:
-        if not self.niggli:
-            return np.eye(3)
-        if self._basis is not None:
-            nums, ref, op = self._basis
-            if np.array_equal(nums, numbers) and np.abs(cell - ref).max() <= self.niggli_tolerance * np.abs(ref).max():
-                return op
-        op = niggli_transform(cell)
-        self._basis = (numbers.copy(), cell.copy(), op)
-        return op
+        if value is None:
+            self.potential.basis.pop(0, None)
+        else:
+            self.potential.basis[0] = value
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        a = self.atoms
-        if not np.all(a.pbc):
+        if not np.all(self.atoms.pbc):
             raise CalculatorSetupError("DAOCalculator needs a cell periodic in all three directions")
-        cell = np.asarray(a.cell.array, dtype=np.float64)
-        volume = abs(float(np.linalg.det(cell)))
-        if not np.isfinite(volume) or volume < 1e-8 or not np.all(np.isfinite(a.positions)):
-            raise CalculatorSetupError(f"degenerate or non-finite cell (volume {volume:.3g} Å³)")
-        n = len(a)
-        kw = {"dtype": self.dtype, "device": self.device}
-        op = torch.as_tensor(self.basis_transform(a.numbers, cell), **kw)
-        with torch.enable_grad():  # also when called under torch.no_grad()
-            pos = torch.as_tensor(a.positions, **kw).requires_grad_(True)
-            strain = torch.zeros(3, 3, **kw).requires_grad_(True)
-            deform = torch.eye(3, **kw) + 0.5 * (strain + strain.T)
-            lattice = torch.as_tensor(cell, **kw) @ deform  # rows strained: L(1 + ε), x(1 + ε)
-            reduced = op @ lattice
-            frac = (pos @ deform) @ torch.linalg.inv(reduced)
-            batch = CrystalBatch(atom_types=torch.as_tensor(a.numbers, dtype=torch.long, device=self.device),
-                                 frac=frac, lattice=reduced.unsqueeze(0),
-                                 num_atoms=torch.tensor([n], device=self.device),
-                                 batch=torch.zeros(n, dtype=torch.long, device=self.device))
-            energy = self.model.energy_per_atom(batch)[0] * n
-            grad_x, grad_e = torch.autograd.grad(energy, (pos, strain), allow_unused=True)
-        grad_x = torch.zeros_like(pos) if grad_x is None else grad_x  # an energy may ignore positions or cell
-        grad_e = torch.zeros_like(strain) if grad_e is None else grad_e
-        stress = grad_e.detach().cpu().double().numpy() / volume
-        self.results = {
-            "energy": float(energy.detach()),
-            "free_energy": float(energy.detach()),
-            "forces": -grad_x.detach().cpu().double().numpy(),
-            "stress": np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]]),
-        }
+        res = self.potential.compute([(0, self.atoms)])[0]
+        if isinstance(res, Exception):
+            raise CalculatorSetupError(str(res))
+        self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces, "stress": res.stress}

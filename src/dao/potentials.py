@@ -70,14 +70,15 @@ class CalculatorPotential:
 class DAOPotential:
     """DAO-P at t = 0 for many structures in one batched forward/backward pass (float64 by default).
 
-    Same energy, forces and stress as :class:`~dao.calculator.DAOCalculator` (autograd through
-    F = x·L⁻¹ and a symmetric strain of each cell, evaluated on the Niggli-reduced basis that the model saw
-    in training; the basis is chosen once per structure key and kept while the cell stays within 10 %).
+    Energy, forces = −∂E/∂x and stress = (1/V)·∂E/∂ε by autograd through F = x·L⁻¹ and a symmetric strain
+    ε of each cell, evaluated on the Niggli-reduced basis that the model saw in training (chosen once per
+    structure key, see :meth:`_op`). :class:`~dao.calculator.DAOCalculator` is this for one structure.
     """
 
     energy_unit = "eV/atom (DAO-P predicted energy above hull)"
 
-    def __init__(self, model="default", device="cpu", dtype=None, niggli: bool = True) -> None:
+    def __init__(self, model="default", device="cpu", dtype=None, niggli: bool = True,
+                 niggli_tolerance: float = 0.1) -> None:
         import copy
 
         import torch
@@ -90,19 +91,23 @@ class DAOPotential:
         self.dtype = dtype or torch.float64
         self.device = torch.device(device)
         self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.niggli = niggli
-        self._basis: dict[Hashable, tuple[np.ndarray, np.ndarray]] = {}  # key -> (cell, M)
+        self.niggli, self.niggli_tolerance = niggli, niggli_tolerance
+        self.basis: dict[Hashable, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # key -> (numbers, cell, M)
 
-    def _op(self, key, cell: np.ndarray) -> np.ndarray:
+    def _op(self, key, numbers: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """The integer basis change to the Niggli-reduced cell, kept per key while the atoms stay the same
+        and the cell within ``niggli_tolerance`` (relative) of the cell it was computed for."""
         from dao.calculator import niggli_transform
 
         if not self.niggli:
             return np.eye(3)
-        got = self._basis.get(key)
-        if got is not None and np.abs(cell - got[0]).max() <= 0.1 * np.abs(got[0]).max():
-            return got[1]
+        got = self.basis.get(key)
+        if got is not None:
+            nums, ref, op = got
+            if np.array_equal(nums, numbers) and np.abs(cell - ref).max() <= self.niggli_tolerance * np.abs(ref).max():
+                return op
         op = niggli_transform(cell)
-        self._basis[key] = (cell.copy(), op)
+        self.basis[key] = (numbers.copy(), cell.copy(), op)
         return op
 
     def compute(self, items):
@@ -128,7 +133,7 @@ class DAOPotential:
             deform = torch.eye(3, **kw) + 0.5 * (strain + strain.transpose(1, 2))
             fracs, lattices = [], []
             for i, (_, key, a, cell, _) in enumerate(good):
-                op = torch.as_tensor(self._op(key, cell), **kw)
+                op = torch.as_tensor(self._op(key, a.numbers, cell), **kw)
                 reduced = op @ (torch.as_tensor(cell, **kw) @ deform[i])
                 fracs.append((pos[i] @ deform[i]) @ torch.linalg.inv(reduced))
                 lattices.append(reduced)
