@@ -90,7 +90,7 @@ def tc_augment(formulas, excludes, out, generator, energy_model, guidance_scale,
     """Generate one structure per superconductor formula (ln Tc label) for Tc training augmentation."""
     import csv
 
-    from dao.data.readers import iter_csv_rows
+    from dao.data.readers import iter_csv_rows, structure_from_cif_string
     from dao.models.checkpoint import load_generator
     from dao.prediction import guidance_for
     from dao.runtime import resolve_device
@@ -101,8 +101,6 @@ def tc_augment(formulas, excludes, out, generator, energy_model, guidance_scale,
     guidance, _ = guidance_for(gen, energy_model, guidance_scale, dev)
     exclude = set()
     for p in excludes:
-        from dao.data.readers import structure_from_cif_string
-
         for row in iter_csv_rows(p):
             try:
                 exclude.add(structure_from_cif_string(row["cif"]).composition.reduced_formula)

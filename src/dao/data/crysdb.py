@@ -235,8 +235,7 @@ class _PartitionWriter:
 
 # ----------------------------------------------------------------------------------------------- pass 2
 def _structure(rec: dict):
-    return Crystal(np.asarray(rec["atomic_numbers"]), np.asarray(rec["frac_coords"]).reshape(-1, 3),
-                   np.asarray(rec["lattice"]).reshape(3, 3)).to_structure()
+    return crystal_from_record(rec).to_structure()
 
 
 def _matcher_reduced(structure):

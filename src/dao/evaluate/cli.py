@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -84,7 +85,7 @@ def evaluate_command(pred_path: Path, ref_path: Path, k: int | None, out_dir: Pa
         result.summary["stability"].update(judge=scorer.potential.name, relax_steps=relax_steps,
                                            reference_hull={"sources": scorer.hull.sources,
                                                            "entries": scorer.hull.n_entries},
-                                           relax_status=_count(r.get("status", "?") for r in scorer.records))
+                                           relax_status=dict(Counter(r.get("status", "?") for r in scorer.records)))
     if after is not None:
         result.summary["after_relaxation"] = {key: after.summary[key] for key in
                                               ("match_rate", "rmse", "match_rate_unfiltered", "rmse_unfiltered")}
@@ -116,13 +117,6 @@ def evaluate_command(pred_path: Path, ref_path: Path, k: int | None, out_dir: Pa
     if misses:
         click.echo(f"misses: {misses}")
     click.echo(f"wrote {paths['summary']}")
-
-
-def _count(values) -> dict:
-    out: dict = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 def _stability_scorer(kind: str, relax_steps: int, device: str, progress: bool):
