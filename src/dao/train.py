@@ -138,13 +138,14 @@ class DAOModule(L.LightningModule):
 
         import numpy as np
 
+        py_state = random.getstate()
         checkpoint["dao_resume"] = {
             "sampler_epoch": int(self.train_sampler.current) if self.train_sampler is not None else None,
             "batches_in_epoch": int(self.batches_in_epoch),
             # plain containers only: Lightning loads checkpoints with weights_only=True
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": [v.tolist() if hasattr(v, "tolist") else v for v in np.random.get_state()],
-            "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
