@@ -105,3 +105,24 @@ def test_train_init_continues_from_a_checkpoint(tmp_path, tiny_csv):
     assert b["meta"]["init"] == str(tmp_path / "a" / "model.pt") and b["config"] == a["config"]
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v)
+
+
+def test_threads_option_sets_torch_threads():
+    """`dao --threads N` (or DAO_NUM_THREADS) fixes torch's CPU threads for any subcommand; 0 is refused."""
+    import torch
+    from click.testing import CliRunner
+
+    from dao.cli import cli
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert CliRunner().invoke(cli, ["--threads", "1", "energy", "--help"]).exit_code == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert CliRunner().invoke(cli, ["energy", "--help"], env={"DAO_NUM_THREADS": "1"}).exit_code == 0
+        assert torch.get_num_threads() == 1
+        res = CliRunner().invoke(cli, ["--threads", "0", "energy", "--help"])
+        assert res.exit_code != 0 and "--threads" in res.output
+    finally:
+        torch.set_num_threads(before)

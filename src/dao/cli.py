@@ -15,8 +15,15 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="dao-csp", prog_name="dao")
-def cli() -> None:
+@click.option("--threads", type=click.IntRange(1), default=None, envvar="DAO_NUM_THREADS", show_envvar=True,
+              help="CPU threads for torch (default: torch's own choice, one per core). Use 1 per process when "
+                   "several jobs share a machine: oversubscribed threads can slow sampling many times over.")
+def cli(threads: int | None) -> None:
     """DAO: crystal structure prediction with Siamese foundation models (Crysformer, DAO-G, DAO-P)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @cli.command()
