@@ -70,6 +70,19 @@ class LoadReport:
         if len(lst) < _MAX_EXAMPLES:
             lst.append(text)
 
+    def unassigned(self, name: str) -> None:
+        self.n_unassigned += 1
+        self.note("unassigned", name)
+
+    def parse(self, name: str, parse, source) -> Structure | None:
+        """``parse(source)``, or ``None`` with the entry counted and noted as unreadable."""
+        try:
+            return parse(source)
+        except Exception as exc:
+            self.n_unreadable += 1
+            self.note("unreadable", f"{name}: {type(exc).__name__}: {str(exc)[:120]}")
+            return None
+
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -151,15 +164,9 @@ def _load_cif_dir(path: Path, res: _Resolver, report: LoadReport) -> list:
         if row is None:
             row, sample = res.name(stem, report), 0
         if row is None:
-            report.n_unassigned += 1
-            report.note("unassigned", f.name)
+            report.unassigned(f.name)
             continue
-        try:
-            s: Structure | None = _parse_cif(f.read_text(encoding="utf-8", errors="replace"))
-        except Exception as exc:
-            s = None
-            report.n_unreadable += 1
-            report.note("unreadable", f"{f.name}: {type(exc).__name__}: {str(exc)[:120]}")
+        s = report.parse(f.name, _parse_cif, f.read_text(encoding="utf-8", errors="replace"))
         entries.append((row, sample, s, f.name))
     return entries
 
@@ -215,16 +222,9 @@ def _load_extxyz(path: Path, res: _Resolver, report: LoadReport, k: int | None) 
             if row >= res.n:
                 row = None
         if row is None:
-            report.n_unassigned += 1
-            report.note("unassigned", name)
+            report.unassigned(name)
             continue
-        try:
-            s: Structure | None = _atoms_to_structure(atoms)
-        except Exception as exc:
-            s = None
-            report.n_unreadable += 1
-            report.note("unreadable", f"{name}: {exc}")
-        entries.append((row, sample, s, name))
+        entries.append((row, sample, report.parse(name, _atoms_to_structure, atoms), name))
     return entries
 
 
@@ -247,8 +247,7 @@ def _load_csv(path: Path, res: _Resolver, report: LoadReport) -> list:
         else:
             idx = None
         if idx is None:
-            report.n_unassigned += 1
-            report.note("unassigned", name)
+            report.unassigned(name)
             continue
         sample: int | None = None
         if (row.get("sample") or "").strip():
@@ -256,13 +255,7 @@ def _load_csv(path: Path, res: _Resolver, report: LoadReport) -> list:
                 sample = int(float(row["sample"]))
             except ValueError:
                 sample = None
-        try:
-            s: Structure | None = _parse_cif(row.get("cif") or "")
-        except Exception as exc:
-            s = None
-            report.n_unreadable += 1
-            report.note("unreadable", f"{name}: {type(exc).__name__}: {str(exc)[:120]}")
-        entries.append((idx, sample, s, name))
+        entries.append((idx, sample, report.parse(name, _parse_cif, row.get("cif") or ""), name))
     return entries
 
 
