@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
     ap.add_argument("--tc-only", action="store_true")
     ap.add_argument("--no-tc", action="store_true")
+    ap.add_argument("--tc-variants", nargs="*", default=None,
+                    help="subset of scratch, finetuned, finetuned_augmented (default: all that apply)")
     ap.add_argument("--augment", default=None, help="CSV from `dao data tc-augment` for the Tc comparison")
     args = ap.parse_args()
     out = Path(args.out)
@@ -125,9 +127,11 @@ def main() -> None:
         variants = [("scratch", None, None), ("finetuned", init, None)]
         if args.augment:
             variants.append(("finetuned_augmented", init, args.augment))
+        if args.tc_variants:
+            variants = [v for v in variants if v[0] in args.tc_variants]
         for variant, ini, aug in variants:
-            s = run(out, f"supercon3d_logtc_{variant}", pool, "logtc", None, None, config(args.tc_budget, epochs=args.tc_epochs), ini,
-                    folds=5, augment=aug)
+            s = run(out, f"supercon3d_logtc_{variant}", pool, "logtc", None, None,
+                    config(args.tc_budget, epochs=args.tc_epochs), ini, folds=5, augment=aug)
             res[variant] = s["scores"]["mae"]
             res[f"{variant}_per_fold"] = s["scores"]["mae_per_fold"]
             res[f"{variant}_steps_per_fold"] = [_trained_steps(out / f"supercon3d_logtc_{variant}" / f"fold{k}")
