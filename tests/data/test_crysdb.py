@@ -151,3 +151,37 @@ def test_dataset_relaxation_relabels_only_the_window_and_keeps_provenance(tmp_pa
             assert json.dumps(r, sort_keys=True) == json.dumps(old, sort_keys=True)  # NaN-safe equality
     report = json.loads((out / "report.json").read_text())["relaxation"]
     assert report["selected"] == 1 and report["relabelled"] == 1 and report["entries"] == 3
+
+
+def test_tighter_tolerance_keeps_near_duplicates_but_never_weakens_exclusion(tmp_path):
+    """Two polymorph-like ZnO cells whose RMS distance lies between a tight and the default stol: merged under pymatgen's default tolerances,
+    kept apart with --stol 0.05. A distorted copy of an excluded structure is still removed under the tight
+    setting, because matching against the excluded set never uses less than the defaults."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    from dao.data.crysdb import BuildConfig, build_crysdb
+
+    zno, tio2 = small_structures()["ZnO"], small_structures()["TiO2"]
+    rng = np.random.default_rng(0)
+
+    def distorted(s, amount):
+        return Structure(s.lattice, s.species, s.frac_coords + amount * rng.standard_normal(s.frac_coords.shape))
+
+    near = distorted(zno, 0.03)
+    rms = StructureMatcher().get_rms_dist(zno, near)[0]
+    assert 0.05 < rms < 0.3, rms  # between the tight and the default site tolerance
+    excluded_copy = distorted(tio2, 0.03)
+    assert StructureMatcher(stol=0.05).get_rms_dist(tio2, excluded_copy) is None  # a tight matcher misses it
+    assert StructureMatcher().fit(tio2, excluded_copy)
+    exclude = write_rows(tmp_path / "val.csv", [{"material_id": "x", "e_above_hull": 0, "cif": tio2.to(fmt="cif")}])
+    src = write_rows(tmp_path / "a.csv", [
+        {"material_id": "z0", "e_above_hull": 0, "cif": zno.to(fmt="cif")},
+        {"material_id": "z1", "e_above_hull": 0, "cif": near.to(fmt="cif")},
+        {"material_id": "t", "e_above_hull": 0, "cif": excluded_copy.to(fmt="cif")},
+    ])
+    default = build_crysdb([src], tmp_path / "default", [exclude], BuildConfig(partitions=1))
+    tight = build_crysdb([src], tmp_path / "tight", [exclude], BuildConfig(partitions=1, stol=0.05))
+    assert default.totals["kept"] == 1 and default.totals["duplicate"] == 1
+    assert tight.totals["kept"] == 2 and tight.totals["duplicate"] == 0
+    assert default.totals["matches_excluded"] == tight.totals["matches_excluded"] == 1

@@ -26,13 +26,21 @@ def data_group() -> None:
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes.")
 @click.option("--partitions", type=click.IntRange(1), default=16, show_default=True,
               help="Hash partitions for deduplication (memory per worker ≈ corpus / partitions).")
+@click.option("--ltol", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
+              help="StructureMatcher length tolerance for duplicates inside the corpus.")
+@click.option("--stol", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True,
+              help="StructureMatcher site tolerance for duplicates inside the corpus (smaller keeps more "
+                   "near-identical polymorphs). Matching --exclude never uses less than the defaults.")
+@click.option("--angle-tol", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="StructureMatcher angle tolerance (degrees) for duplicates inside the corpus.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def build(sources, excludes, out, min_atoms, max_atoms, max_e_hull, workers, partitions, progress) -> None:
+def build(sources, excludes, out, min_atoms, max_atoms, max_e_hull, workers, partitions, ltol, stol, angle_tol,
+          progress) -> None:
     """Parse, filter, Niggli-reduce and deduplicate SOURCES into a sharded Parquet CrysDB with a report."""
     from dao.data.crysdb import BuildConfig, build_crysdb
 
     cfg = BuildConfig(min_atoms=min_atoms, max_atoms=max_atoms, max_e_hull=max_e_hull, workers=workers,
-                      partitions=partitions)
+                      partitions=partitions, ltol=ltol, stol=stol, angle_tol=angle_tol)
     report = build_crysdb(sources, out, excludes, cfg, progress=progress)
     click.echo(json.dumps({"totals": report.totals, "stability": report.stability,
                            "shards": len(report.shards), "seconds": report.seconds}))

@@ -8,7 +8,8 @@ Stages, each counted per source in ``report.json``:
    (1.0 eV/atom);
 3. **Niggli reduction** (with the canonical orientation of :class:`~dao.crystal.Crystal`);
 4. **deduplication** — an entry is dropped when its id is an excluded id, when it matches an excluded
-   structure, or when it matches an entry already kept (pymatgen StructureMatcher, default tolerances).
+   structure, or when it matches an entry already kept (pymatgen StructureMatcher; default tolerances, which
+   ``BuildConfig.ltol/stol/angle_tol`` can tighten for matches inside the corpus only).
    Structures are compared only inside a bucket of equal reduced formula and equal number of sites of the
    primitive cell that StructureMatcher compares (it cannot match structures that differ in either, so no
    duplicate is missed), against the bucket's kept representatives.
@@ -61,6 +62,12 @@ class BuildConfig:
     partitions: int = 16
     workers: int = 1
     chunk_size: int = 500
+    # StructureMatcher tolerances for deduplication inside the corpus (pymatgen's defaults). Tighter values
+    # keep distinct local minima that the defaults merge (e.g. carbon polymorphs). Matching against the
+    # excluded sets never gets tighter than the defaults, so the exclusion guarantee does not weaken.
+    ltol: float = 0.2
+    stol: float = 0.3
+    angle_tol: float = 5.0
 
 
 def _schema(partition: bool = False):
@@ -248,20 +255,25 @@ def _matcher_reduced(structure):
 
 
 def _dedupe_partition(args) -> tuple[list[dict], list[dict]]:
-    """Decide every corpus entry of one partition (a Parquet file); returns (kept records, dropped
-    {key, source, stage, of}). The first entry of a structure (in source order) is the one kept."""
+    """Decide every corpus entry of one partition; ``args`` = (Parquet file, (ltol, stol, angle_tol)).
+    Returns (kept records, dropped {key, source, stage, of}). The first entry of a structure (in source
+    order) is the one kept."""
     import pyarrow.parquet as pq
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    rows = pq.read_table(args).to_pylist()  # in arrival order: sources in the order given, rows in file order
+    path, (ltol, stol, angle_tol) = args
+    rows = pq.read_table(path).to_pylist()  # in arrival order: sources in the order given, rows in file order
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, rec in enumerate(rows):
         groups[(rec["reduced_formula"], rec.pop("primitive_sites"))].append(i)
-    matcher = StructureMatcher()
+    matcher = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol)
+    default = StructureMatcher()
+    excl_matcher = StructureMatcher(ltol=max(ltol, default.ltol), stol=max(stol, default.stol),
+                                    angle_tol=max(angle_tol, default.angle_tol))
     kept, dropped = [], []
 
-    def same(a, b) -> bool:
-        return matcher.fit(a, b, skip_structure_reduction=True)
+    def same(a, b, m=matcher) -> bool:
+        return m.fit(a, b, skip_structure_reduction=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -276,7 +288,7 @@ def _dedupe_partition(args) -> tuple[list[dict], list[dict]]:
                 if rec["is_exclude"]:
                     continue
                 s = _matcher_reduced(_structure(rec))
-                hit = next((eid for eid, es in excl if same(s, es)), None)
+                hit = next((eid for eid, es in excl if same(s, es, excl_matcher)), None)
                 if hit is not None:
                     dropped.append({"key": rec["key"], "source": rec["source"], "stage": "matches_excluded", "of": hit})
                     continue
@@ -378,7 +390,8 @@ def build_crysdb(sources: Sequence[str | Path], out: str | Path, exclude: Sequen
         kept_total: list[dict] = []
         shard_rows: list[list[dict]] = []
         bar = tqdm(total=len(partitions), desc="deduplicating", unit="partition", disable=not progress)
-        for kept, dropped in _bounded_map(pool, _dedupe_partition, iter(partitions)):
+        for kept, dropped in _bounded_map(pool, _dedupe_partition,
+                                              ((p, (cfg.ltol, cfg.stol, cfg.angle_tol)) for p in partitions)):
             for d in dropped:
                 counts[d["source"]][d["stage"]] += 1
             for rec in kept:
