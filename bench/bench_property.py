@@ -1,11 +1,13 @@
 """Property tasks with DAO-P: from scratch vs finetuned from the bundled DAO-P vs a composition baseline,
 and SuperCon3D ln Tc with and without generated-structure augmentation (same folds, same seed).
 
-    python bench/bench_property.py --budget 00:00:02:00 --out runs/property [--tasks aflow_bulk_modulus ...]
-    python bench/bench_property.py --tc-only --tc-budget 00:00:01:30 --out runs/property
+    python bench/bench_property.py --no-tc --steps 400 --out runs/property_s400 [--tasks aflow_bulk_modulus ...]
+    python bench/bench_property.py --tc-only --tc-epochs 20 --augment aug.csv --out runs/property_tc_e20
+    python bench/bench_property.py --tc-only --tc-epochs 69 --tc-variants finetuned --out runs/property_tc_e69
+    python bench/bench_property.py --budget 00:00:01:30 ...        # wall-clock budgets instead (constant lr)
 
-Every neural run uses the bundled DAO-P's Crysformer size and the same training budget (wall-clock,
-one torch thread); "finetuned" starts the backbone from the bundled DAO-P, "scratch" from random weights.
+Every neural run uses the bundled DAO-P's Crysformer size and the same training budget (optimiser steps,
+epochs or wall-clock; run with one torch thread); "finetuned" starts the backbone from the bundled DAO-P, "scratch" from random weights.
 Tasks with official splits report the test MAE (perov-5 and MP-20: val, their test splits are held back);
 SuperCon3D pools its three files and runs 5-fold CV. Writes <out>/results.json and results.md; prints JSON.
 Runs resume: a finished task folder is reused.
