@@ -95,6 +95,7 @@ def main() -> None:
                     help="epochs per SuperCon3D fold (replaces --tc-budget); the augmented variant runs as many "
                          "epochs over real + generated rows, i.e. as many passes over the real ones")
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
+    ap.add_argument("--seed", type=int, default=0, help="training seed (splits and folds stay fixed)")
     ap.add_argument("--tc-only", action="store_true")
     ap.add_argument("--no-tc", action="store_true")
     ap.add_argument("--tc-variants", nargs="*", default=None,
@@ -112,7 +113,7 @@ def main() -> None:
             data, target, val, test, unit = TASKS[name]
             res = {}
             for variant, ini in (("scratch", None), ("finetuned", init)):
-                s = run(out, f"{name}_{variant}", data, target, val, test, config(args.budget, steps=args.steps), ini)
+                s = run(out, f"{name}_{variant}", data, target, val, test, config(args.budget, steps=args.steps, seed=args.seed), ini)
                 split = "test" if "test" in s["scores"] else "val"
                 res[variant] = s["scores"][split]["mae"]
                 res["composition_baseline"] = s["scores"][split]["mae_composition_baseline"]
@@ -133,7 +134,7 @@ def main() -> None:
             variants = [v for v in variants if v[0] in args.tc_variants]
         for variant, ini, aug in variants:
             s = run(out, f"supercon3d_logtc_{variant}", pool, "logtc", None, None,
-                    config(args.tc_budget, epochs=args.tc_epochs), ini, folds=5, augment=aug)
+                    config(args.tc_budget, epochs=args.tc_epochs, seed=args.seed), ini, folds=5, augment=aug)
             res[variant] = s["scores"]["mae"]
             res[f"{variant}_per_fold"] = s["scores"]["mae_per_fold"]
             res[f"{variant}_steps_per_fold"] = [_trained_steps(out / f"supercon3d_logtc_{variant}" / f"fold{k}")
