@@ -146,6 +146,8 @@ def _train_options(f):
 def run_training(kind: str, data, val, exclude, config, out, resume, seed, device, devices, num_nodes, max_time,
                  method: str | None = None, init: str | None = None) -> Path:
     """Everything `dao train <kind>` does: read and filter data, build the model of that kind, fit."""
+    import torch
+
     from dao.data.dedupe import remove_overlap
     from dao.data.readers import read_any
     from dao.models.checkpoint import model_class
@@ -177,6 +179,7 @@ def run_training(kind: str, data, val, exclude, config, out, resume, seed, devic
     else:
         if method is not None:
             cfg["method"] = method
+        torch.manual_seed(tcfg.seed)  # the seed governs the initial weights too
         model = model_class(kind, cfg).from_training_data(cfg, crystals)
     name = _MODEL_NAMES.get(kind, kind)
     click.echo(f"training {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on "

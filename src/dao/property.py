@@ -148,11 +148,14 @@ def predict_property(model, crystals: Sequence[Crystal], batch_size: int = 64) -
 
 def _train_one(cfg: dict, train: list, val: list, target: str, init: str | None, out: Path, device: str,
                progress: bool):
+    import torch
+
     from dao.models.checkpoint import load_checkpoint, load_model
     from dao.models.property import DAOPropertyModel
     from dao.train import TrainConfig, fit
 
     tcfg = TrainConfig.from_dict(cfg.get("train", {}))
+    torch.manual_seed(tcfg.seed)  # the seed governs the initial weights too, not only data order and noise
     model = DAOPropertyModel.from_training_data(cfg, train, target)
     if init is not None:
         model.init_backbone_from(load_checkpoint(init))
