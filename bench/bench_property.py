@@ -7,7 +7,8 @@ and SuperCon3D ln Tc with and without generated-structure augmentation (same fol
     python bench/bench_property.py --budget 00:00:01:30 ...        # wall-clock budgets instead (constant lr)
 
 Every neural run uses the bundled DAO-P's Crysformer size and the same training budget (optimiser steps,
-epochs or wall-clock; run with one torch thread); "finetuned" starts the backbone from the bundled DAO-P, "scratch" from random weights.
+epochs or wall-clock; run with one torch thread); "finetuned" starts the backbone from the bundled DAO-P,
+"scratch" from random weights.
 Tasks with official splits report the test MAE (perov-5 and MP-20: val, their test splits are held back);
 SuperCon3D pools its three files and runs 5-fold CV. Writes <out>/results.json and results.md; prints JSON.
 Runs resume: a finished task folder is reused.
@@ -113,7 +114,8 @@ def main() -> None:
             data, target, val, test, unit = TASKS[name]
             res = {}
             for variant, ini in (("scratch", None), ("finetuned", init)):
-                s = run(out, f"{name}_{variant}", data, target, val, test, config(args.budget, steps=args.steps, seed=args.seed), ini)
+                cfg = config(args.budget, steps=args.steps, seed=args.seed)
+                s = run(out, f"{name}_{variant}", data, target, val, test, cfg, ini)
                 split = "test" if "test" in s["scores"] else "val"
                 res[variant] = s["scores"][split]["mae"]
                 res["composition_baseline"] = s["scores"][split]["mae_composition_baseline"]
