@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 import torch
-
 
 from dao.data.paths import data_dir  # noqa: E402,F401  (re-exported for the scripts)
 

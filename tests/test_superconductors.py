@@ -2,7 +2,6 @@
 no evaluation formula leaks into the augmentation, the fold ensemble predicts Tc."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 

@@ -19,7 +19,6 @@ import torch
 from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
 
 
-
 def niggli_transform(cell: np.ndarray) -> np.ndarray:
     """Integer matrix M such that M·L is the Niggli-reduced basis of the lattice L (rows).
 

@@ -154,8 +154,8 @@ def test_dataset_relaxation_relabels_only_the_window_and_keeps_provenance(tmp_pa
 
 
 def test_tighter_tolerance_keeps_near_duplicates_but_never_weakens_exclusion(tmp_path):
-    """Two polymorph-like ZnO cells whose RMS distance lies between a tight and the default stol: merged under pymatgen's default tolerances,
-    kept apart with --stol 0.05. A distorted copy of an excluded structure is still removed under the tight
+    """Two polymorph-like ZnO cells whose RMS distance lies between a tight and the default stol: merged
+    under pymatgen's default tolerances, kept apart with --stol 0.05. A distorted copy of an excluded structure is still removed under the tight
     setting, because matching against the excluded set never uses less than the defaults."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure

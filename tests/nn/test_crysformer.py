@@ -2,7 +2,6 @@
 permutation symmetries of the heads."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import time
 import warnings
@@ -387,11 +386,10 @@ def build_crysdb(sources: Sequence[str | Path], out: str | Path, exclude: Sequen
         bar.close()
         partitions = writer.close()
 
-        kept_total: list[dict] = []
         shard_rows: list[list[dict]] = []
         bar = tqdm(total=len(partitions), desc="deduplicating", unit="partition", disable=not progress)
-        for kept, dropped in _bounded_map(pool, _dedupe_partition,
-                                              ((p, (cfg.ltol, cfg.stol, cfg.angle_tol)) for p in partitions)):
+        tolerances = (cfg.ltol, cfg.stol, cfg.angle_tol)
+        for kept, dropped in _bounded_map(pool, _dedupe_partition, ((p, tolerances) for p in partitions)):
             for d in dropped:
                 counts[d["source"]][d["stage"]] += 1
             for rec in kept:
