@@ -394,13 +394,11 @@ def relax(files, potential, model, out, steps, fmax, timeout, batch_size, max_vo
 
 
 def _register_optional() -> None:
-    from dao.data.cli import data_group
+    from dao.cli.data import data_group
+
+    from dao.cli.evaluate import evaluate_command
 
     cli.add_command(data_group, "data")
-    try:
-        from dao.evaluate.cli import evaluate_command
-    except ImportError:
-        return
     cli.add_command(evaluate_command, "evaluate")
 
 

@@ -1,0 +1,13 @@
+"""Constants shared across DAO: one definition each (import them from here, never redefine them)."""
+from __future__ import annotations
+
+#: largest atomic number the atom descriptor table (and therefore every model) covers
+MAX_Z = 100
+#: E_hull (eV/atom) at or below which a structure counts as stable (metastable included), as in the paper
+STABILITY_THRESHOLD = 0.08
+#: CSV columns that may hold an entry's identifier, in order of preference
+ID_COLUMNS = ("material_id", "id", "name")
+#: CSV columns that may hold the energy above hull (eV/atom), in order of preference
+EHULL_COLUMNS = ("e_above_hull", "energy_above_hull", "e_hull")
+#: atoms closer than this (Å) make a structure invalid (DiffCSP's structure-validity cutoff)
+MIN_DISTANCE = 0.5
