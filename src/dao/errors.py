@@ -15,3 +15,7 @@ class StructureReadError(DAOError, ValueError):
 
 class CheckpointError(DAOError):
     """A missing, corrupt or incompatible model checkpoint."""
+
+
+class ConfigError(DAOError, ValueError):
+    """A configuration value or section that DAO does not know or cannot use."""
