@@ -30,7 +30,8 @@ from dao.evaluate import (
     load_references,
     write_report,
 )
-from dao.evaluate import core
+from dao.evaluate import canon, core
+from dao.evaluate import runner as task_runner
 from dao.evaluate.validity import smact_validity
 
 warnings.filterwarnings("ignore")
@@ -197,11 +198,11 @@ def test_prefilter_is_exact():
     structs = [nacl(), nacl().get_primitive_structure(), cscl(), si(), srtio3(), zns_zincblende(), nacl3(),
                Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.29), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])]
     for a, b in itertools.product(structs, repeat=2):
-        ca, cb = core.canonicalize(a), core.canonicalize(b)
+        ca, cb = canon.canonicalize(a), canon.canonicalize(b)
         if ca.comp != cb.comp:
             assert direct_rms(a, b) is None
-        assert (core._rms(ca, cb)[0] is None) == (direct_rms(a, b) is None)
-    assert core._rms(core.canonicalize(nacl().get_primitive_structure()), core.canonicalize(nacl()))[0] < 1e-6
+        assert (canon.rms(ca, cb)[0] is None) == (direct_rms(a, b) is None)
+    assert canon.rms(canon.canonicalize(nacl().get_primitive_structure()), canon.canonicalize(nacl()))[0] < 1e-6
 
 
 def test_perturbation_amplitudes_against_direct_matcher():
@@ -329,7 +330,7 @@ def test_resume_from_cache(tmp_path, monkeypatch):
     refs = [nacl(), si(), srtio3(), cscl()]
     preds = {i: [noisy(s, 0.05, i), noisy(s, 0.1, 10 + i)] for i, s in enumerate(refs)}
     cache = tmp_path / "cache.jsonl"
-    real = core.run_task
+    real = task_runner.run_task
     calls = []
 
     def interrupted(task):
@@ -338,7 +339,7 @@ def test_resume_from_cache(tmp_path, monkeypatch):
         calls.append(task[1])
         return real(task)
 
-    monkeypatch.setattr(core, "run_task", interrupted)
+    monkeypatch.setattr(task_runner, "run_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate(preds, refs, cache_path=cache, progress=False)
     assert len(cache.read_text().splitlines()) == 5
@@ -346,7 +347,7 @@ def test_resume_from_cache(tmp_path, monkeypatch):
         fh.write('{"key": "torn-li')  # a write cut short by the interruption
 
     calls.clear()
-    monkeypatch.setattr(core, "run_task", lambda t: (calls.append(t[1]), real(t))[1])
+    monkeypatch.setattr(task_runner, "run_task", lambda t: (calls.append(t[1]), real(t))[1])
     resumed = evaluate(preds, refs, cache_path=cache, progress=False)
     n_resumed = len(calls)
     fresh = evaluate(preds, refs, progress=False)
@@ -354,7 +355,7 @@ def test_resume_from_cache(tmp_path, monkeypatch):
     assert resumed.records == fresh.records
     assert resumed.summary["timing"]["tasks_from_cache"] == 5
 
-    monkeypatch.setattr(core, "run_task", lambda t: pytest.fail("cached task recomputed"))
+    monkeypatch.setattr(task_runner, "run_task", lambda t: pytest.fail("cached task recomputed"))
     again = evaluate(preds, refs, cache_path=cache, progress=False)
     assert again.records == fresh.records
 
@@ -467,7 +468,7 @@ def test_load_references_errors(tmp_path):
 def test_cli_end_to_end_and_user_errors(tmp_path):
     from click.testing import CliRunner
 
-    from dao.evaluate.cli import evaluate_command
+    from dao.cli.evaluate import evaluate_command
 
     refs = [nacl(), si(), srtio3()]
     ref_csv = tmp_path / "ref.csv"
@@ -501,7 +502,7 @@ def test_cli_end_to_end_and_user_errors(tmp_path):
 def test_import_stays_light():
     import subprocess
 
-    code = ("import sys, dao.evaluate, dao.evaluate.cli; "
+    code = ("import sys, dao.evaluate, dao.cli.evaluate; "
             "sys.exit(int(any(m in sys.modules for m in ('torch', 'matplotlib.pyplot'))))")
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
                           ).returncode == 0

@@ -56,27 +56,26 @@ so an interrupted run continues where it stopped. ``dao evaluate`` keeps it as `
 
 from __future__ import annotations
 
-from dao.evaluate.core import (
-    MATCHER_KWARGS,
-    MISSING,
-    STABILITY_THRESHOLD,
-    EnergyScorer,
-    EvaluationResult,
-    evaluate,
-    is_valid,
-)
+from dao.constants import STABILITY_THRESHOLD
+from dao.evaluate.canon import MATCHER_KWARGS, MISSING, is_valid
+from dao.evaluate.core import EnergyScorer, EvaluationResult, evaluate
 from dao.evaluate.io import load_predictions, load_references
+from dao.evaluate.metrics import METRICS, metric
 from dao.evaluate.report import write_report
+from dao.evaluate.table import SampleTable
 
 __all__ = [
     "MATCHER_KWARGS",
+    "METRICS",
     "MISSING",
     "STABILITY_THRESHOLD",
     "EnergyScorer",
     "EvaluationResult",
+    "SampleTable",
     "evaluate",
     "is_valid",
     "load_predictions",
     "load_references",
+    "metric",
     "write_report",
 ]

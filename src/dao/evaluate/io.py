@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from dao.data.readers import read_csv_table as _read_csv
-from dao.evaluate.core import MISSING
+from dao.data.records import read_csv_table as _read_csv
+from dao.data.records import record_from_row, record_id
+from dao.evaluate.canon import MISSING
 
 _MAX_EXAMPLES = 20
 _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<sample>\d+)$")
@@ -41,9 +42,9 @@ def load_references(csv_path: str | Path) -> tuple[list[Structure], list[str]]:
         raise ValueError(f"reference CSV {path} has no 'cif' column (columns: {', '.join(fields) or 'none'})")
     structures, ids = [], []
     for i, row in enumerate(rows):
-        mid = (row.get("material_id") or "").strip() or str(i)
+        mid = record_id(row, ("material_id",)) or str(i)
         try:
-            structures.append(_parse_cif(row["cif"] or ""))
+            structures.append(record_from_row(row, labels={}, id_columns=("material_id",)).structure)
         except Exception as exc:
             raise ValueError(f"reference row {i} ({mid}) of {path}: unreadable CIF ({type(exc).__name__}: "
                              f"{str(exc)[:120]})") from None
