@@ -1,15 +1,23 @@
-"""Formula parsing and cell-multiple (Z) enumeration, with one-line errors for bad input."""
+"""Compositions and formulas, in one place: formula parsing and cell-multiple (Z) enumeration with one-line
+errors for bad input, whole-atom cells of fractional formulas, and reduced compositions / formulas of
+atomic numbers, formula strings and CSV rows."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import reduce
 from math import gcd
+from typing import TYPE_CHECKING
 
+from dao.constants import MAX_Z
 from dao.errors import FormulaError
 
-MAX_Z = 100  # elements covered by the descriptor table
+if TYPE_CHECKING:
+    from pymatgen.core import Composition
+
 _TOKEN = re.compile(r"([A-Z][a-z]*)")
+_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+(.+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -98,3 +106,72 @@ def cells_to_generate(formula: str, model_max_atoms: int, atoms: int | None = No
 
 def _multiple(reduced: CellComposition, z: int) -> CellComposition:
     return CellComposition(tuple((el, n * z) for el, n in reduced.counts), z)
+
+
+def integer_cell(formula: str, max_atoms: int, tol: float = 1e-3) -> CellComposition | None:
+    """The smallest whole-atom multiple of ``formula`` (amounts may be fractional, e.g. La1.85Sr0.15CuO4)
+    with at most ``max_atoms`` atoms, or None."""
+    from pymatgen.core import Composition, Element
+
+    try:
+        comp = Composition(formula)
+    except Exception:
+        return None
+    # pymatgen may read an unknown symbol as a dummy species: only real elements up to MAX_Z count
+    if not len(comp) or any(not isinstance(el, Element) or el.Z > MAX_Z for el in comp):
+        return None
+    for z in range(1, max_atoms + 1):
+        amounts = [(el.symbol, amt * z) for el, amt in comp.items()]
+        if all(abs(a - round(a)) < tol * z for _, a in amounts):
+            counts = tuple((el, int(round(a))) for el, a in amounts)
+            if any(n < 1 for _, n in counts):
+                return None
+            if sum(c for _, c in counts) > max_atoms:
+                return None
+            return CellComposition(counts, reduce(gcd, [c for _, c in counts]))
+    return None
+
+
+def reduced_composition(numbers: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """((Z, count), ...) of atomic numbers, sorted by Z, with the counts divided by their gcd."""
+    counts: dict[int, int] = {}
+    for z in numbers:
+        counts[int(z)] = counts.get(int(z), 0) + 1
+    g = reduce(gcd, counts.values(), 0) or 1
+    return tuple((z, n // g) for z, n in sorted(counts.items()))
+
+
+def formula_of(composition: Iterable[tuple[int, int]]) -> str:
+    """pymatgen's reduced formula of ((Z, count), ...)."""
+    from pymatgen.core import Composition, Element
+
+    return Composition({Element.from_Z(z): n for z, n in composition}).reduced_formula
+
+
+def reduced_formula_of(numbers: Iterable[int]) -> str:
+    """pymatgen's reduced formula of a cell's atomic numbers (e.g. ``[11, 17, 11, 17]`` -> ``NaCl``)."""
+    return formula_of(reduced_composition(numbers))
+
+
+def reduced_formula(formula: str) -> str | None:
+    """pymatgen's reduced formula of a formula string, or None when it does not parse."""
+    from pymatgen.core import Composition
+
+    try:
+        return Composition(formula).reduced_formula
+    except Exception:
+        return None
+
+
+def row_composition(row: Mapping[str, str]) -> Composition:
+    """The composition of a CSV row: its ``pretty_formula`` or ``formula`` column, else the CIF's
+    ``_chemical_formula_sum``. Raises ValueError when it has none."""
+    from pymatgen.core import Composition
+
+    for key in ("pretty_formula", "formula"):
+        if row.get(key):
+            return Composition(row[key])
+    m = _FORMULA_SUM.search(row.get("cif", ""))
+    if m:
+        return Composition(m.group(1).strip().strip("'\""))
+    raise ValueError("no formula column and no _chemical_formula_sum in the CIF")

@@ -1,4 +1,4 @@
-"""Property prediction with DAO-P (DESIGN §4): ``dao train property`` and ``dao predict-property``.
+"""Property prediction with DAO-P (see docs/design.md, 'Properties and Tc'): ``dao train property`` and ``dao predict-property``.
 
 A task is a CSV with a ``cif`` column and a numeric target column. Training either uses k fixed folds
 (cross-validation: every entry is predicted once by the model that did not see it) or given val/test
@@ -14,20 +14,22 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dao.constants import MAX_Z
 from dao.crystal import Crystal
+from dao.data.records import iter_csv_rows, label_value, record_from_row, record_id
 from dao.errors import DAOError, StructureReadError
+
+#: columns naming a property-task row (its id in predictions.csv and folds.json)
+_NAME_COLUMNS = ("material_id", "name")
 
 
 def read_property_data(path: str | Path, target: str) -> tuple[list[Crystal], list[tuple[str, str]]]:
     """Crystals with ``meta["target"]`` from a CSV (``cif`` + ``target`` columns); rows with a missing or
     non-finite target, an unparsable CIF or an element outside the model's table are skipped with a reason."""
-    from dao.data.readers import iter_csv_rows, structure_from_cif_string
-    from dao.nn.embeddings import MAX_Z
-
     path = Path(path)
     if not path.is_file():
         raise DAOError(f"data file not found: {path}")
@@ -37,16 +39,12 @@ def read_property_data(path: str | Path, target: str) -> tuple[list[Crystal], li
             missing = [c for c in ("cif", target) if c not in row]
             if missing:
                 raise DAOError(f"{path} has no column {missing[0]!r} (columns: {', '.join(k for k in row if k)})")
-        name = row.get("material_id") or row.get("name") or f"{path.name}:{i}"
-        try:
-            value = float(row[target])
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value):
+        name = record_id(row, _NAME_COLUMNS) or f"{path.name}:{i}"
+        if math.isnan(label_value(row[target])):
             skipped.append((name, f"target {target!r} is missing or not a finite number ({row[target]!r})"))
             continue
         try:
-            c = Crystal.from_structure(structure_from_cif_string(row["cif"]), meta={"id": name, "target": value})
+            c = record_from_row(row, {"target": (target,)}, _NAME_COLUMNS).to_crystal(id=name)
         except StructureReadError as exc:
             skipped.append((name, str(exc)))
             continue
@@ -83,13 +81,14 @@ def composition_features(crystals: Sequence[Crystal]) -> np.ndarray:
     return out
 
 
-def ridge_fit_predict(x_train, y_train, x_test, alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)) -> np.ndarray:
+def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                      alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)) -> np.ndarray:
     """Ridge regression on standardised features; alpha chosen by 5-fold CV inside the training set."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-8
     xt, xs = (x_train - mu) / sd, (x_test - mu) / sd
     ym = y_train.mean()
 
-    def solve(x, y, a):
+    def solve(x: np.ndarray, y: np.ndarray, a: float) -> np.ndarray:
         return np.linalg.solve(x.T @ x + a * np.eye(x.shape[1]), x.T @ (y - ym))
 
     inner = fold_indices(len(xt), 5, seed=123) if len(xt) >= 10 else None
@@ -127,7 +126,7 @@ def _predict(model, crystals: Sequence[Crystal], batch_size: int = 64) -> np.nda
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def load_property_models(path: str | Path, device="cpu") -> list:
+def load_property_models(path: str | Path, device: Any = "cpu") -> list[Any]:
     """The models of a ``dao train property`` folder (every ``fold<k>/model.pt``, or ``model/model.pt``), or
     one ``model.pt``."""
     from dao.models.checkpoint import load_model
@@ -139,7 +138,7 @@ def load_property_models(path: str | Path, device="cpu") -> list:
     return [load_model(p, "property", device) for p in paths]
 
 
-def predict_property(model, crystals: Sequence[Crystal], batch_size: int = 64) -> np.ndarray:
+def predict_property(model: Any, crystals: Sequence[Crystal], batch_size: int = 64) -> np.ndarray:
     """Predictions in target units for loaded property model(s); several models give the ensemble mean."""
     models = model if isinstance(model, (list, tuple)) else [model]
     return np.mean([_predict(m.eval(), crystals, batch_size) for m in models], axis=0)
@@ -166,7 +165,7 @@ def _train_one(cfg: dict, train: list, val: list, target: str, init: str | None,
 def run_property(data: str | Path, target: str, out: str | Path, config: dict, folds: int = 5,
                  init: str | None = None, val: str | Path | None = None, test: str | Path | None = None,
                  device: str = "cpu", seed: int = 0, progress: bool = False, baseline: bool = True,
-                 on_skip=None, augment: str | Path | None = None) -> dict:
+                 on_skip: Callable[[str], None] | None = None, augment: str | Path | None = None) -> dict:
     """Train and score a property task; see the module docstring. Returns the summary."""
     from dao.structure_io import atomic_write_text, write_json
 
@@ -182,7 +181,7 @@ def run_property(data: str | Path, target: str, out: str | Path, config: dict, f
         extra, report_skips["augment"] = read_property_data(augment, target)
     rows: list[dict] = []
 
-    def evaluate_on(model, train: list, held: list, fold) -> dict:
+    def evaluate_on(model: Any, train: list, held: list, fold: int | str) -> dict:
         """Score a trained model, the composition baseline and the mean predictor on ``held``."""
         y = np.array([c.meta["target"] for c in held])
         pred = predict_property(model, held)

@@ -25,19 +25,28 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from dao.constants import STABILITY_THRESHOLD
+from dao.data.paths import data_dir as default_data_dir
+from dao.data.records import iter_csv_rows
 from dao.errors import DAOError
-from dao.evaluate.core import STABILITY_THRESHOLD  # 0.08 eV/atom (DESIGN §6)
+from dao.formula import row_composition
+from dao.potentials import CHGNetPotential, Potential
+from dao.relaxation import relax_batch
+
+if TYPE_CHECKING:
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.core import Composition, Structure
 
 DEFAULT_REFERENCE_SOURCES = ("csp/mp_20/train.csv.gz", "csp/mp_20/val.csv.gz", "csp/mpts_52/val.csv.gz",
                              "pretrain/mp_20_biternary.csv.gz")
 ELEMENTAL_REFERENCES = "reference/mp_elemental_reference_entries.json.gz"
-_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+(.+)$", re.MULTILINE)
 
 
 def load_elemental_references(path: str | Path) -> dict[str, float]:
@@ -52,18 +61,6 @@ def load_elemental_references(path: str | Path) -> dict[str, float]:
     return refs
 
 
-def _row_composition(row: dict):
-    from pymatgen.core import Composition
-
-    for key in ("pretty_formula", "formula"):
-        if row.get(key):
-            return Composition(row[key])
-    m = _FORMULA_SUM.search(row.get("cif", ""))
-    if m:
-        return Composition(m.group(1).strip().strip("'\""))
-    raise ValueError("no formula column and no _chemical_formula_sum in the CIF")
-
-
 @dataclass
 class HullResult:
     e_above_hull: float | None
@@ -74,13 +71,13 @@ class HullResult:
 class ReferenceHull:
     """Convex hull(s) of labelled reference entries, one phase diagram per chemical system, built lazily."""
 
-    def __init__(self, entries: Iterable[tuple[object, float]], elemental_refs: dict[str, float],
+    def __init__(self, entries: Iterable[tuple[Composition, float]], elemental_refs: dict[str, float],
                  sources: Sequence[str] = ()) -> None:
         from pymatgen.analysis.phase_diagram import PDEntry
 
         self.mu = dict(elemental_refs)
         self.sources = list(sources)
-        self._by_system: dict[frozenset, list] = {}
+        self._by_system: dict[frozenset[str], list[Any]] = {}
         self.n_entries = 0
         for comp, e_form in entries:
             if not math.isfinite(e_form):
@@ -88,15 +85,11 @@ class ReferenceHull:
             key = frozenset(el.symbol for el in comp.elements)
             self._by_system.setdefault(key, []).append(PDEntry(comp, e_form * comp.num_atoms))
             self.n_entries += 1
-        self._diagrams: dict[frozenset, object] = {}
+        self._diagrams: dict[frozenset[str], PhaseDiagram] = {}
 
     @classmethod
     def from_csvs(cls, paths: Sequence[str | Path], elemental_refs: str | Path,
-                  column: str = "formation_energy_per_atom") -> "ReferenceHull":
-        import warnings
-
-        from dao.data.readers import iter_csv_rows
-
+                  column: str = "formation_energy_per_atom") -> ReferenceHull:
         warnings.filterwarnings("ignore", message="No Pauling electronegativity")
         entries, seen = [], set()
         for p in paths:
@@ -106,7 +99,7 @@ class ReferenceHull:
                     continue
                 try:
                     e = float(value)
-                    comp = _row_composition(row)
+                    comp = row_composition(row)
                 except (TypeError, ValueError):
                     continue  # unlabelled or unparsable rows do not enter the hull
                 if mid:
@@ -115,10 +108,8 @@ class ReferenceHull:
         return cls(entries, load_elemental_references(elemental_refs), sources=[str(p) for p in paths])
 
     @classmethod
-    def default(cls, data_dir: str | Path | None = None) -> "ReferenceHull":
+    def default(cls, data_dir: str | Path | None = None) -> ReferenceHull:
         """The documented default: MP entries at hand under the data directory ($DAO_DATA_DIR)."""
-        from dao.data.paths import data_dir as default_data_dir
-
         root = Path(data_dir) if data_dir is not None else default_data_dir()
         paths = [root / p for p in DEFAULT_REFERENCE_SOURCES]
         missing = [str(p) for p in paths + [root / ELEMENTAL_REFERENCES] if not p.is_file()]
@@ -126,7 +117,7 @@ class ReferenceHull:
             raise DAOError(f"reference hull data not found: {missing[0]} (set DAO_DATA_DIR)")
         return cls.from_csvs([p for p in paths], root / ELEMENTAL_REFERENCES)
 
-    def formation_energy(self, composition, energy_per_atom: float) -> float | None:
+    def formation_energy(self, composition: Composition, energy_per_atom: float) -> float | None:
         """E_form per atom from a potential's total energy per atom (None without elemental references)."""
         frac = composition.fractional_composition
         try:
@@ -134,7 +125,7 @@ class ReferenceHull:
         except KeyError:
             return None
 
-    def _diagram(self, system: frozenset):
+    def _diagram(self, system: frozenset[str]) -> PhaseDiagram:
         from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
         from pymatgen.core import Composition
 
@@ -146,7 +137,8 @@ class ReferenceHull:
             self._diagrams[system] = PhaseDiagram(entries)
         return self._diagrams[system]
 
-    def e_above_hull(self, composition, e_form_per_atom: float) -> float:
+    def e_above_hull(self, composition: Composition, e_form_per_atom: float) -> float:
+        """Distance (eV/atom) of a formation energy to the hull of its chemical system (negative: below)."""
         from pymatgen.analysis.phase_diagram import PDEntry
 
         system = frozenset(el.symbol for el in composition.elements)
@@ -155,7 +147,8 @@ class ReferenceHull:
         _, e_hull = pd.get_decomp_and_e_above_hull(entry, allow_negative=True)
         return float(e_hull)
 
-    def judge(self, composition, energy_per_atom: float) -> HullResult:
+    def judge(self, composition: Composition, energy_per_atom: float) -> HullResult:
+        """E_form and E_hull of a structure of ``composition`` from a potential's energy per atom."""
         if not math.isfinite(energy_per_atom):
             return HullResult(None, None, "non-finite energy")
         e_form = self.formation_energy(composition, energy_per_atom)
@@ -171,17 +164,16 @@ class HullStabilityScorer:
     :class:`ReferenceHull`. After a call, ``relaxed`` holds the relaxed structures (None where relaxation
     failed) and ``records`` one dict per structure (relaxation record, E_form, E_hull)."""
 
-    def __init__(self, potential, hull: ReferenceHull, relax: bool = True, steps: int = 500, fmax: float = 0.05,
+    def __init__(self, potential: Potential, hull: ReferenceHull, relax: bool = True, steps: int = 500, fmax: float = 0.05,
                  batch_size: int = 32, timeout: float | None = None, progress: bool = False) -> None:
         self.potential, self.hull, self.relax = potential, hull, relax
         self.steps, self.fmax, self.batch_size, self.timeout, self.progress = steps, fmax, batch_size, timeout, progress
-        self.relaxed: list = []
-        self.records: list[dict] = []
+        self.relaxed: list[Structure | None] = []
+        self.records: list[dict[str, Any]] = []
 
-    def e_above_hull(self, structures) -> list[float | None]:
+    def e_above_hull(self, structures: Sequence[Structure]) -> list[float | None]:
+        """Relax (unless ``relax`` is off) and judge every structure; None where that fails."""
         from pymatgen.io.ase import AseAtomsAdaptor
-
-        from dao.relax import relax_batch
 
         self.relaxed, self.records = [], []
         bar = None
@@ -215,9 +207,25 @@ class HullStabilityScorer:
             bar.close()
         return out
 
+    def describe(self) -> dict[str, Any]:
+        """What judged the last call: potential, relaxation steps, reference hull and relaxation outcomes."""
+        return {"judge": self.potential.name, "relax_steps": self.steps if self.relax else 0,
+                "reference_hull": {"sources": self.hull.sources, "entries": self.hull.n_entries},
+                "relax_status": dict(Counter(r.get("status", "?") for r in self.records))}
+
+
+def chgnet_stability_scorer(relax_steps: int = 500, device: str = "cpu", progress: bool = False,
+                            data_dir: str | Path | None = None) -> HullStabilityScorer:
+    """The ``dao evaluate --stability chgnet`` judge: CHGNet relaxation (``relax_steps`` FIRE steps, 0: none)
+    and E_hull against :meth:`ReferenceHull.default`."""
+    from dao.runtime import resolve_device  # imports torch: only when a potential is actually built
+
+    return HullStabilityScorer(CHGNetPotential(device=str(resolve_device(device))), ReferenceHull.default(data_dir),
+                               relax=relax_steps > 0, steps=relax_steps, progress=progress)
+
 
 def stability_summary(e_hull: Sequence[float | None], n_total: int | None = None,
-                      threshold: float = STABILITY_THRESHOLD) -> dict:
+                      threshold: float = STABILITY_THRESHOLD) -> dict[str, Any]:
     """Stability rate (share of all ``n_total`` structures — unscored ones count as unstable — with
     E_hull ≤ threshold), counts and mean/median E_hull of the scored ones."""
     import numpy as np

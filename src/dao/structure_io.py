@@ -8,7 +8,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextmanager
@@ -35,7 +35,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def symmetry_info(structure, symprec: float = 0.1) -> dict:
+def symmetry_info(structure: Any, symprec: float = 0.1) -> dict:
     """Space group found by spglib (via pymatgen) at ``symprec`` Å; P1 when none."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -48,7 +48,7 @@ def symmetry_info(structure, symprec: float = 0.1) -> dict:
         return {"number": 1, "symbol": "P1", "symprec": symprec}
 
 
-def write_cif(structure, path: Path, symprec: float | None = None) -> None:
+def write_cif(structure: Any, path: Path, symprec: float | None = None) -> None:
     from pymatgen.io.cif import CifWriter
 
     with warnings.catch_warnings():
@@ -56,7 +56,7 @@ def write_cif(structure, path: Path, symprec: float | None = None) -> None:
         CifWriter(structure, symprec=symprec).write_file(str(path))
 
 
-def write_extxyz(structures, infos: list[dict], path: Path) -> None:
+def write_extxyz(structures: Iterable[Any], infos: list[dict], path: Path) -> None:
     from ase.io import write
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -68,5 +68,5 @@ def write_extxyz(structures, infos: list[dict], path: Path) -> None:
     write(str(path), frames, format="extxyz")
 
 
-def write_json(obj, path: Path) -> None:
+def write_json(obj: Any, path: Path) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")

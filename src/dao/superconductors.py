@@ -1,4 +1,4 @@
-"""Superconductors (DESIGN §4): Tc training data augmented with generated structures, and ``dao tc``.
+"""Superconductors (see docs/design.md, 'Properties and Tc'): Tc training data augmented with generated structures, and ``dao tc``.
 
 SuperCon lists far more superconductors by formula than with a structure. For a formula that can be
 written as a whole-atom cell of at most ``max_atoms`` atoms, DAO-G (optionally energy-guided) generates a
@@ -10,53 +10,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from dao.crystal import Crystal
 from dao.errors import DAOError, FormulaError
-from dao.formula import CellComposition
+from dao.formula import integer_cell, reduced_formula
 
 
-def integer_cell(formula: str, max_atoms: int, tol: float = 1e-3) -> CellComposition | None:
-    """The smallest whole-atom multiple of ``formula`` (amounts may be fractional, e.g. La1.85Sr0.15CuO4)
-    with at most ``max_atoms`` atoms, or None."""
-    from pymatgen.core import Composition, Element
-
-    from dao.nn.embeddings import MAX_Z
-
-    try:
-        comp = Composition(formula)
-    except Exception:
-        return None
-    # pymatgen may read an unknown symbol as a dummy species: only real elements up to MAX_Z count
-    if not len(comp) or any(not isinstance(el, Element) or el.Z > MAX_Z for el in comp):
-        return None
-    for z in range(1, max_atoms + 1):
-        amounts = [(el.symbol, amt * z) for el, amt in comp.items()]
-        if all(abs(a - round(a)) < tol * z for _, a in amounts):
-            counts = tuple((el, int(round(a))) for el, a in amounts)
-            if any(n < 1 for _, n in counts):
-                return None
-            n = sum(c for _, c in counts)
-            if n > max_atoms:
-                return None
-            from functools import reduce
-            from math import gcd
-
-            return CellComposition(counts, reduce(gcd, [c for _, c in counts]))
-    return None
-
-
-def reduced_formula(formula: str) -> str | None:
-    from pymatgen.core import Composition
-
-    try:
-        return Composition(formula).reduced_formula
-    except Exception:
-        return None
-
-
-def generate_augmentation(rows: Iterable[dict], generator, exclude: set[str], max_atoms: int | None = None,
+def generate_augmentation(rows: Iterable[dict], generator: Any, exclude: set[str], max_atoms: int | None = None,
                           seed: int = 0, steps: int | None = None, guidance: Sequence = (), batch_size: int = 64,
                           formula_key: str = "Formula", tc_key: str = "Tc") -> tuple[list[Crystal], dict]:
     """One generated structure per usable (formula, Tc) row; returns (crystals with meta target = ln Tc,
@@ -118,7 +79,7 @@ def write_structures_csv(crystals: Sequence[Crystal], path: str | Path, target: 
     atomic_write_text(path, buf.getvalue())
 
 
-def predict_tc(formula: str, generator, tc_models: Sequence, n: int = 5, seed: int = 0, steps: int | None = None,
+def predict_tc(formula: str, generator: Any, tc_models: Sequence, n: int = 5, seed: int = 0, steps: int | None = None,
                guidance: Sequence = (), max_atoms: int | None = None) -> dict:
     """Generate ``n`` structures for ``formula`` and predict ln Tc with every fold model. Reports Tc (K) as
     exp of the mean ln Tc, with the spread over structures and over fold models."""

@@ -1,10 +1,16 @@
 """``dao data``: build a CrysDB, relax its unstable entries with DAO-P, download the benchmark CSVs."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import click
+
+from dao.constants import STABILITY_THRESHOLD
+from dao.data.crysdb.build import BuildConfig
+
+_BUILD = BuildConfig()  # the option defaults of ``dao data build`` are BuildConfig's (one definition each)
 
 
 @click.group("data")
@@ -19,25 +25,26 @@ def data_group() -> None:
 @click.option("--exclude", "excludes", multiple=True, type=click.Path(path_type=Path),
               help="A split whose structures (and ids) must not be in the corpus, e.g. a val/test CSV; repeat.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--min-atoms", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--max-atoms", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--max-e-hull", type=float, default=1.0, show_default=True,
+@click.option("--min-atoms", type=click.IntRange(1), default=_BUILD.min_atoms, show_default=True)
+@click.option("--max-atoms", type=click.IntRange(1), default=_BUILD.max_atoms, show_default=True)
+@click.option("--max-e-hull", type=float, default=_BUILD.max_e_hull, show_default=True,
               help="Keep labelled entries with E_hull below this (eV/atom); unlabelled entries are kept.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes.")
-@click.option("--partitions", type=click.IntRange(1), default=16, show_default=True,
+@click.option("--workers", type=click.IntRange(1), default=_BUILD.workers, show_default=True, help="Worker processes.")
+@click.option("--partitions", type=click.IntRange(1), default=_BUILD.partitions, show_default=True,
               help="Hash partitions for deduplication (memory per worker ≈ corpus / partitions).")
-@click.option("--ltol", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
+@click.option("--ltol", type=click.FloatRange(min=0, min_open=True), default=_BUILD.ltol, show_default=True,
               help="StructureMatcher length tolerance for duplicates inside the corpus.")
-@click.option("--stol", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True,
+@click.option("--stol", type=click.FloatRange(min=0, min_open=True), default=_BUILD.stol, show_default=True,
               help="StructureMatcher site tolerance for duplicates inside the corpus (smaller keeps more "
                    "near-identical polymorphs). Matching --exclude never uses less than the defaults.")
-@click.option("--angle-tol", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option("--angle-tol", type=click.FloatRange(min=0, min_open=True), default=_BUILD.angle_tol, show_default=True,
               help="StructureMatcher angle tolerance (degrees) for duplicates inside the corpus.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def build(sources, excludes, out, min_atoms, max_atoms, max_e_hull, workers, partitions, ltol, stol, angle_tol,
-          progress) -> None:
+def build(sources: tuple[Path, ...], excludes: tuple[Path, ...], out: Path, min_atoms: int, max_atoms: int,
+          max_e_hull: float, workers: int, partitions: int, ltol: float, stol: float, angle_tol: float,
+          progress: bool) -> None:
     """Parse, filter, Niggli-reduce and deduplicate SOURCES into a sharded Parquet CrysDB with a report."""
-    from dao.data.crysdb import BuildConfig, build_crysdb
+    from dao.data.crysdb import build_crysdb
 
     cfg = BuildConfig(min_atoms=min_atoms, max_atoms=max_atoms, max_e_hull=max_e_hull, workers=workers,
                       partitions=partitions, ltol=ltol, stol=stol, angle_tol=angle_tol)
@@ -51,7 +58,7 @@ def build(sources, excludes, out, min_atoms, max_atoms, max_e_hull, workers, par
 @click.option("--model", default="default", show_default=True, help="DAO-P checkpoint or 'default'.")
 @click.option("--in", "src", type=click.Path(path_type=Path), required=True, help="CrysDB folder to read.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="CrysDB folder to write.")
-@click.option("--min-e-hull", type=float, default=0.08, show_default=True)
+@click.option("--min-e-hull", type=float, default=STABILITY_THRESHOLD, show_default=True)
 @click.option("--max-e-hull", type=float, default=0.5, show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Optimizer steps per entry.")
 @click.option("--fmax", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
@@ -59,8 +66,9 @@ def build(sources, excludes, out, min_atoms, max_atoms, max_e_hull, workers, par
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def relax(model, src, out, min_e_hull, max_e_hull, steps, fmax, optimizer, batch_size, device, progress) -> None:
-    """Dataset relaxation: relax and relabel entries with MIN < E_hull <= MAX under DAO-P (DESIGN §5)."""
+def relax(model: str, src: Path, out: Path, min_e_hull: float, max_e_hull: float, steps: int, fmax: float,
+          optimizer: str, batch_size: int, device: str, progress: bool) -> None:
+    """Dataset relaxation: relax and relabel entries with MIN < E_hull <= MAX under DAO-P (see docs/design.md, 'Data and CrysDB')."""
     from dao.data.crysdb import relax_crysdb
     from dao.runtime import resolve_device
 
@@ -73,7 +81,7 @@ def relax(model, src, out, min_e_hull, max_e_hull, steps, fmax, optimizer, batch
 @click.argument("dataset", type=click.Choice(["mp_20", "mpts_52", "perov_5", "carbon_24"]))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
               help="Files go to OUT/DATASET/.")
-def download(dataset, out) -> None:
+def download(dataset: str, out: Path) -> None:
     """Download DATASET's official train CSV from the DiffCSP repository, verified by sha256."""
     from dao.data.download import download as fetch
 
@@ -94,11 +102,11 @@ def download(dataset, out) -> None:
 @click.option("--steps", type=click.IntRange(2), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def tc_augment(formulas, excludes, out, generator, energy_model, guidance_scale, max_atoms, steps, seed, device) -> None:
+def tc_augment(formulas: Path, excludes: tuple[Path, ...], out: Path, generator: str, energy_model: str | None,
+               guidance_scale: float | None, max_atoms: int | None, steps: int | None, seed: int,
+               device: str) -> None:
     """Generate one structure per superconductor formula (ln Tc label) for Tc training augmentation."""
-    import csv
-
-    from dao.data.readers import iter_csv_rows, structure_from_cif_string
+    from dao.data.sources import read_records
     from dao.models.checkpoint import load_generator
     from dao.prediction import guidance_for
     from dao.runtime import resolve_device
@@ -108,12 +116,8 @@ def tc_augment(formulas, excludes, out, generator, energy_model, guidance_scale,
     gen = load_generator(generator, dev)
     guidance, _ = guidance_for(gen, energy_model, guidance_scale, dev)
     exclude = set()
-    for p in excludes:
-        for row in iter_csv_rows(p):
-            try:
-                exclude.add(structure_from_cif_string(row["cif"]).composition.reduced_formula)
-            except Exception:
-                continue
+    for p in excludes:  # unreadable entries cannot leak a formula: they are skipped
+        exclude |= {rec.structure.composition.reduced_formula for rec in read_records(p)[0]}
     with open(formulas, newline="") as fh:
         rows = list(csv.DictReader(fh))
     crystals, counts = generate_augmentation(rows, gen, exclude, max_atoms=max_atoms, seed=seed, steps=steps,

@@ -1,170 +1,122 @@
-"""Readers for crystal files: DiffCSP/CDVAE CSV (``.csv``/``.csv.gz``), CIF files and folders, extxyz.
+"""Crystals from structure files: every type of :mod:`dao.data.sources` (DiffCSP/CDVAE CSV, CIF files and
+folders, extxyz, and any type registered there) and CrysDB folders.
 
 Every reader returns ``(crystals, skipped)``: parsed :class:`~dao.crystal.Crystal` objects (Niggli-reduced)
 and a list of ``(item, reason)`` for entries that could not be used. Bad rows never abort a read.
-Parsed CSV files are cached (see :mod:`dao.data.cache`) so re-reading 30k CIFs is instant.
+Parsed files of cached types (CSV) are cached (see :mod:`dao.data.cache`) so re-reading 30k CIFs is instant.
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import math
-import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Sequence
 
 from dao.crystal import Crystal
-from dao.errors import StructureReadError
-
-#: CSV columns that carry the energy above hull (eV/atom), in order of preference.
-EHULL_COLUMNS = ("e_above_hull", "energy_above_hull", "e_hull")
-ID_COLUMNS = ("material_id", "id", "name")
+from dao.data.cache import cached_read
+from dao.data.crysdb.store import is_crysdb, read_crysdb
+from dao.data.records import (iter_csv_rows, open_text, read_csv_table, record_from_cif_file,  # noqa: F401
+                              structure_from_cif_string)
+from dao.data.sources import READERS, Reader, known_types, reader_for
+from dao.errors import DAOError, StructureReadError
 
 Skipped = list[tuple[str, str]]
 
 
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping it when it starts with the gzip magic bytes."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _read(path: Path, rdr: Reader, progress: bool = False) -> tuple[list[Crystal], Skipped]:
+    from tqdm.auto import tqdm
 
-
-def iter_csv_rows(path: str | Path) -> Iterator[dict[str, str]]:
-    """Stream the rows of a (gzipped) CSV file."""
-    csv.field_size_limit(1 << 30)
-    with open_text(path) as fh:
-        yield from csv.DictReader(fh)
-
-
-def read_csv_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """All rows of a (gzipped) CSV file and its column names."""
-    csv.field_size_limit(1 << 30)
-    with open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
-
-
-def structure_from_cif_string(text: str):
-    """Parse one CIF string into a pymatgen Structure; raises StructureReadError with a short reason."""
-    from pymatgen.core import Structure
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    crystals, skipped = [], []
+    entries = tqdm(rdr.entries(path), desc=f"reading {path.name}", disable=not progress, unit="rows")
+    for i, entry in enumerate(entries):
+        name = rdr.entry_name(path, i, entry)
         try:
-            return Structure.from_str(text, fmt="cif")
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StructureReadError(f"malformed CIF ({msg[:120]})") from None
+            rec = rdr.parse(entry)
+            source = Path(entry).name if rdr.per_file else path.name
+            crystals.append(rec.to_crystal(source=source, row=i, e_above_hull=math.nan))
+        except StructureReadError as exc:
+            skipped.append((name, str(exc)))
+    return crystals, skipped
 
 
-def _float_or_nan(value: str | None) -> float:
-    try:
-        v = float(value) if value not in (None, "") else math.nan
-    except ValueError:
-        v = math.nan
-    return v
-
-
-def crystal_from_row(row: dict[str, str], source: str, index: int) -> Crystal:
-    if "cif" not in row:
-        raise StructureReadError("row has no 'cif' column")
-    structure = structure_from_cif_string(row["cif"])
-    meta: dict = {"source": source, "row": index}
-    for col in ID_COLUMNS:
-        if row.get(col):
-            meta["id"] = row[col]
-            break
-    meta["e_above_hull"] = math.nan
-    for col in EHULL_COLUMNS:
-        if col in row:
-            meta["e_above_hull"] = _float_or_nan(row[col])
-            break
-    return Crystal.from_structure(structure, meta=meta)
+def read_file(path: str | Path, rdr: Reader, use_cache: bool = True,
+              progress: bool = False) -> tuple[list[Crystal], Skipped]:
+    """Crystals of one file with reader ``rdr``; cached when the reader asks for it."""
+    path = Path(path)
+    if not path.exists():
+        raise StructureReadError(f"no such file: {path}")
+    if rdr.cached and use_cache:
+        return cached_read(path, lambda: _read(path, rdr, progress))
+    return _read(path, rdr, progress)
 
 
 def read_csv(path: str | Path, use_cache: bool = True, progress: bool = False) -> tuple[list[Crystal], Skipped]:
     """Read a DiffCSP-format CSV (one pymatgen CIF per row in the ``cif`` column)."""
-    from dao.data.cache import cached_read
-
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise StructureReadError(f"no such file: {path}")
-
-    def parse() -> tuple[list[Crystal], Skipped]:
-        from tqdm.auto import tqdm
-
-        crystals, skipped = [], []
-        for i, row in enumerate(tqdm(iter_csv_rows(path), desc=f"reading {path.name}", disable=not progress, unit="rows")):
-            try:
-                crystals.append(crystal_from_row(row, path.name, i))
-            except StructureReadError as exc:
-                skipped.append((f"{path.name}:{i}", str(exc)))
-        return crystals, skipped
-
-    return cached_read(path, parse) if use_cache else parse()
+    return read_file(path, READERS[".csv"], use_cache, progress)
 
 
 def read_cif(path: str | Path) -> Crystal:
     """Read a single-structure CIF file (the first block if several)."""
-    path = Path(path)
-    if not path.is_file():
-        raise StructureReadError(f"no such file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise StructureReadError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return Crystal.from_structure(structure_from_cif_string(text), meta={"source": path.name, "id": path.stem})
-    except StructureReadError as exc:
-        raise StructureReadError(f"{path}: {exc}") from None
+    return record_from_cif_file(path).to_crystal(source=Path(path).name)
 
 
 def read_extxyz(path: str | Path) -> tuple[list[Crystal], Skipped]:
-    from ase.io import iread
-
-    path = Path(path)
-    if not path.is_file():
-        raise StructureReadError(f"no such file: {path}")
-    crystals, skipped = [], []
-    try:
-        for i, atoms in enumerate(iread(str(path), index=":", format="extxyz")):
-            try:
-                meta = {"source": path.name, "row": i, **{k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str))}}
-                crystals.append(Crystal.from_atoms(atoms, meta=meta))
-            except StructureReadError as exc:
-                skipped.append((f"{path.name}:{i}", str(exc)))
-    except Exception as exc:  # ASE raises many types for malformed files
-        raise StructureReadError(f"{path}: malformed extxyz ({str(exc)[:120]})") from None
-    return crystals, skipped
+    """Read every frame of an extended XYZ file."""
+    return read_file(path, READERS[".extxyz"])
 
 
 def read_any(path: str | Path, use_cache: bool = True, progress: bool = False) -> tuple[list[Crystal], Skipped]:
-    """Read a CSV, a CIF file, a folder of CIFs, an extxyz file or a CrysDB folder, chosen by name."""
+    """Read a CrysDB folder or any registered structure file type (:mod:`dao.data.sources`), chosen by name."""
     path = Path(path)
-    name = path.name.lower()
-    from dao.data.crysdb import is_crysdb, read_crysdb
-
     if is_crysdb(path):
         return read_crysdb(path), []
-    if path.is_dir():
-        crystals, skipped = [], []
-        for f in sorted(path.glob("*.cif")):
-            try:
-                crystals.append(read_cif(f))
-            except StructureReadError as exc:
-                skipped.append((f.name, str(exc)))
-        return crystals, skipped
-    if name.endswith((".csv", ".csv.gz")):
-        return read_csv(path, use_cache=use_cache, progress=progress)
-    if name.endswith(".cif"):
-        return [read_cif(path)], []
-    if name.endswith((".extxyz", ".xyz")):
-        return read_extxyz(path)
-    if not path.exists():
-        raise StructureReadError(f"no such file or folder: {path}")
-    raise StructureReadError(f"unknown structure file type: {path} (expected .csv[.gz], .cif, folder of CIFs, .extxyz)")
+    rdr = reader_for(path)
+    if rdr is None:
+        if not path.exists():
+            raise StructureReadError(f"no such file or folder: {path}")
+        raise StructureReadError(f"unknown structure file type: {path} (expected {known_types()}, a CrysDB folder)")
+    return read_file(path, rdr, use_cache, progress)
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return name
+
+
+def read_inputs(paths: Sequence[str | Path]) -> tuple[list[tuple[str, Crystal]], list[tuple[str, str]]]:
+    """Read structure files into (name, Crystal); unreadable files or entries as (name, reason)."""
+    items, errors, used = [], [], set()
+    for p in paths:
+        p = Path(p)
+        try:
+            crystals, skipped = read_any(p)
+        except StructureReadError as exc:
+            msg = str(exc)
+            errors.append((str(p), msg if str(p) in msg else f"{p}: {msg}"))
+            continue
+        errors += [(f"{p}:{item}", f"{p} ({item}): {reason}") for item, reason in skipped]
+        if not crystals and not skipped:
+            errors.append((str(p), f"{p}: no structures found"))
+        for i, c in enumerate(crystals):
+            stem = p.name[:-4] if p.name.lower().endswith(".cif") else str(c.meta.get("id") or f"{p.stem}_{i}")
+            items.append((_unique_name(stem, used), c))
+    return items, errors
+
+
+def report_unreadable(items: list, errors: list[tuple[str, str]], on_error: Callable[[str], None] | None = None) -> None:
+    """Pass every read error to ``on_error``; when nothing was readable, raise the last one as a DAOError
+    instead (so a single bad input gives exactly one error line)."""
+    if not items:
+        for _, msg in errors[:-1]:
+            if on_error is not None:
+                on_error(msg)
+        raise DAOError(errors[-1][1] if errors else "no structures given")
+    for _, msg in errors:
+        if on_error is not None:
+            on_error(msg)
