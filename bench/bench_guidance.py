@@ -69,7 +69,7 @@ def main() -> None:
               "energy_model": energy_model.checkpoint_path, "judge": scorer.potential.name,
               "relax_steps": args.relax_steps, "reference_hull_entries": hull.n_entries,
               "compositions": len(cells), "scale": args.scale, "seed": args.seed,
-              "steps": args.steps or gen.default_steps}
+              "steps": gen.process.resolve_steps(args.steps)}
 
     # calibration: the judge on the reference structures, against their MP labels
     labels = [float(r["e_above_hull"]) for r, _ in zip(iter_csv_rows(args.split), range(len(refs)))]

@@ -46,23 +46,31 @@ def main() -> None:
 
     with torch.no_grad():
         for _ in range(3):
-            model.denoise(batch, t)
+            model.network(batch, t)
         sync()
         t0 = time.perf_counter()
         for _ in range(args.evals):
-            model.denoise(batch, t)
+            model.network(batch, t)
         sync()
         per_eval = (time.perf_counter() - t0) / args.evals
 
-    steps = args.steps or model.config.diffusion.num_steps
+    steps = model.process.resolve_steps(args.steps)
+    calls = []
+    network = model.network
+
+    def counted(b, tt):
+        calls.append(1)
+        return network(b, tt)
+
+    model.network = counted  # count network evaluations (2 per diffusion step: corrector + predictor)
     sync()
     t0 = time.perf_counter()
     model.sample(template, num_steps=steps, generator=torch.Generator().manual_seed(args.seed))
     sync()
     total = time.perf_counter() - t0
-    n_evals = 2 * steps  # predictor + corrector
+    n_evals = len(calls)
     print(json.dumps({
-        "benchmark": "sampling", "model": model.checkpoint_path,
+        "benchmark": "sampling", "model": model.checkpoint_path, "method": model.method,
         "parameters": sum(p.numel() for p in model.parameters()),
         "batch_crystals": len(crystals), "mean_atoms": float(template.num_atoms.float().mean()),
         "steps": steps, "network_evals_per_sample": n_evals,

@@ -37,7 +37,7 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     cfg = load_config(args.config)
-    model = DAOGenerator(GeneratorConfig.from_dict(cfg)).to(device)
+    model = DAOGenerator(GeneratorConfig.from_dict({k: v for k, v in cfg.items() if k != "train"})).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     crystals = mp20_crystals("train", 100000)
     sampler = BucketBatchSampler([c.num_atoms for c in crystals], args.batch, seed=0)

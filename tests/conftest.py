@@ -80,7 +80,7 @@ def tiny_energy_config(**diffusion):
     from dao.nn.crysformer import CrysformerConfig
 
     return EnergyConfig(model=CrysformerConfig(hidden=32, layers=2, heads=4, num_freqs=8, time_dim=16),
-                        diffusion=DiffusionConfig(**diffusion), max_atoms=12,
+                        process=DiffusionConfig(**diffusion), max_atoms=12,
                         energy=EnergyHeadConfig(mean=0.05, std=0.04, num_labels=5))
 
 

@@ -65,7 +65,7 @@ def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit:
     result = evaluate(predictions, refs, k=k, workers=workers, cache_path=out / "cache.jsonl", progress=progress,
                       reference_ids=ids)
     result.summary["generation"] = {
-        "model": gen_model.checkpoint_path, "k": k, "steps": steps or gen_model.default_steps, "method": gen_model.method,
+        "model": gen_model.checkpoint_path, "k": k, "steps": gen_model.process.resolve_steps(steps), "method": gen_model.method,
         "seed": seed, "split": str(split), "num_compositions": len(refs), "rows_generated_this_run": len(todo),
         "sampling_seconds_this_run": round(sample_seconds, 1),
         "seconds_per_structure_this_run": round(sample_seconds / max(1, len(todo) * k), 3),

@@ -4,17 +4,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
+from dao import __version__
 from dao.crystal import CrystalBatch
+from dao.diffusion.guidance import GuidanceTerm, energy_guidance
 from dao.errors import DAOError
 from dao.formula import CellComposition, cells_to_generate
+from dao.models.checkpoint import bundled_generator_for, load_energy_model, load_generator
+from dao.models.energy import DAOEnergyModel
+from dao.models.generator import DAOGenerator
 from dao.runtime import resolve_device
+from dao.structure_io import staged_output_dir, symmetry_info, write_cif, write_extxyz, write_json
 
-DEFAULT_GUIDANCE_SCALE = 20.0  # the published energy-guidance scale s (DESIGN §4)
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+#: the published energy-guidance scale s (docs/design.md, 'Energy model (DAO-P) and guidance')
+DEFAULT_GUIDANCE_SCALE = 20.0
 
 
 @dataclass
@@ -23,12 +33,13 @@ class Sample:
 
     cell: CellComposition
     index: int
-    structure: object | None  # pymatgen Structure
+    structure: Structure | None
     error: str | None = None
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray):
+def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray
+                       ) -> tuple[Structure | None, str | None]:
     """Sampled (A, F, L) → Niggli-reduced pymatgen Structure, or (None, reason) if the cell is unusable.
 
     A lattice with negative determinant describes the same crystal as (−L, −F mod 1): X = F·L is unchanged.
@@ -50,9 +61,10 @@ def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np
     return s, None
 
 
-def generate(model, cells: Sequence[CellComposition], n: int, seed: int = 0, steps: int | None = None,
-             batch_size: int = 64, guidance: Sequence = (), progress: bool = False) -> list[Sample]:
-    """Sample ``n`` structures for each cell with a loaded :class:`~dao.models.generator.DAOGenerator`."""
+def generate(model: DAOGenerator, cells: Sequence[CellComposition], n: int, seed: int = 0,
+             steps: int | None = None, batch_size: int = 64, guidance: Sequence[GuidanceTerm] = (),
+             progress: bool = False) -> list[Sample]:
+    """Sample ``n`` structures for each cell with a loaded generator, in batches of ``batch_size``."""
     device = next(model.parameters()).device
     jobs = [(cell, i) for cell in cells for i in range(n)]
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -68,15 +80,14 @@ def generate(model, cells: Sequence[CellComposition], n: int, seed: int = 0, ste
     return samples
 
 
-def guidance_for(gen_model, energy_model, guidance_scale: float | None, device) -> tuple[list, object | None]:
+def guidance_for(gen_model: DAOGenerator, energy_model: str | Path | DAOEnergyModel | None,
+                 guidance_scale: float | None, device: torch.device | str
+                 ) -> tuple[list[GuidanceTerm], DAOEnergyModel | None]:
     """Energy guidance terms for ``generate`` (empty without an energy model) and the loaded DAO-P.
 
     ``energy_model`` is a DAO-P checkpoint path, ``"default"``, a loaded model or None; the scale defaults
-    to the published 20. Raises :class:`DAOError` if the two models' diffusion schedules differ.
+    to the published 20. Raises :class:`DAOError` if the energy model cannot guide this generator.
     """
-    from dao.diffusion.guidance import energy_guidance
-    from dao.models.checkpoint import load_energy_model
-
     if energy_model is None:
         if guidance_scale is not None:
             raise DAOError("a guidance scale needs an energy model (--energy-model)")
@@ -88,33 +99,91 @@ def guidance_for(gen_model, energy_model, guidance_scale: float | None, device) 
     return energy_guidance(gen_model, e_model, scale), e_model
 
 
+@dataclass
+class PredictionRun:
+    """What one prediction job sampled, and with what (the content of ``summary.json`` besides samples)."""
+
+    formula: str
+    samples: list[Sample]
+    cells: list[CellComposition]
+    model: DAOGenerator
+    energy_model: DAOEnergyModel | None
+    guidance: list[GuidanceTerm]
+    n: int
+    seed: int
+    steps: int
+    device: torch.device
+    compiled: bool
+    seconds: float
+
+    @property
+    def structures(self) -> list[Structure]:
+        """The usable samples' structures, in order."""
+        return [s.structure for s in self.samples if s.structure is not None]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "formula": self.formula,
+            "cells": [{"formula": c.formula, "z": c.z, "atoms": c.num_atoms} for c in self.cells],
+            "n_per_cell": self.n, "seed": self.seed, "steps": self.steps, "method": self.model.method,
+            "model": {"path": getattr(self.model, "checkpoint_path", None), "kind": "generator",
+                      "max_atoms": self.model.config.max_atoms},
+            "guidance": None if self.energy_model is None else {
+                "energy_model": getattr(self.energy_model, "checkpoint_path", None), "scale": self.guidance[0].scale},
+            "device": str(self.device), "compiled": self.compiled, "dao_version": __version__,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int | None = None,
+                   seed: int = 0, steps: int | None = None, model: str | Path | DAOGenerator = "default",
+                   device: str = "auto", batch_size: int = 64, progress: bool = False,
+                   energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
+                   method: str | None = None, compile: bool = False) -> PredictionRun:
+    """Load (or take) the generator, check every input, then sample ``n`` structures per admissible cell.
+
+    ``model`` is a checkpoint path, ``"default"`` (with ``method``: the bundled generator of that method),
+    ``"default-diffusion"`` / ``"default-flow"`` or a loaded model; ``method`` given with a checkpoint
+    requires it to be of that method. ``energy_model`` turns on energy guidance (``guidance_scale``,
+    default 20)."""
+    t0 = time.time()
+    dev = resolve_device(device)
+    if isinstance(model, (str, Path)):
+        gen_model = load_generator(bundled_generator_for(model, method), dev, compile=compile)
+    else:
+        gen_model = model
+    if method is not None and method != gen_model.method:
+        raise DAOError(f"--method {method}, but {getattr(gen_model, 'checkpoint_path', 'the model')} is a "
+                       f"{gen_model.method} generator (train one with `dao train generator --method {method}`)")
+    cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
+    model_device = next(gen_model.parameters()).device
+    guidance, e_model = guidance_for(gen_model, energy_model, guidance_scale, model_device)
+    torch.manual_seed(seed)
+    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, guidance=guidance,
+                       progress=progress)
+    return PredictionRun(formula, samples, cells, gen_model, e_model, guidance, n, seed,
+                         gen_model.process.resolve_steps(steps), model_device, compile, time.time() - t0)
+
+
 def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int | None = None, seed: int = 0,
-            steps: int | None = None, model="default", device: str = "auto", batch_size: int = 64,
-            progress: bool = False, energy_model=None, guidance_scale: float | None = None,
-            compile: bool = False) -> list:
+            steps: int | None = None, model: str | Path | DAOGenerator = "default", device: str = "auto",
+            batch_size: int = 64, progress: bool = False,
+            energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
+            method: str | None = None, compile: bool = False) -> list[Structure]:
     """Predict crystal structures for ``formula``; returns pymatgen Structures (usable samples only).
 
-    ``energy_model`` (a DAO-P checkpoint, ``"default"`` or a loaded model) turns on energy guidance with
-    ``guidance_scale`` (default 20); it must share the generator's diffusion schedule.
+    Arguments as :func:`sample_formula`. ``energy_model`` (a DAO-P checkpoint, ``"default"`` or a loaded
+    model) turns on energy guidance with ``guidance_scale`` (default 20).
 
     >>> import dao
     >>> structures = dao.predict("CsV3Sb5", n=5, seed=0)
     """
-    from dao.models.checkpoint import load_generator
-
-    dev = resolve_device(device)
-    gen_model = load_generator(model, dev, compile=compile) if isinstance(model, (str, Path)) else model
-    cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
-    guidance, _ = guidance_for(gen_model, energy_model, guidance_scale, next(gen_model.parameters()).device)
-    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, guidance=guidance,
-                       progress=progress)
-    return [s.structure for s in samples if s.structure is not None]
+    return sample_formula(formula, n, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                          energy_model, guidance_scale, method, compile).structures
 
 
-def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra: dict) -> dict:
+def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra: dict[str, Any]) -> dict[str, Any]:
     """Write CIFs (P1 + symmetrized where a space group > 1 is found), ``samples.extxyz`` and ``summary.json``."""
-    from dao.structure_io import staged_output_dir, symmetry_info, write_cif, write_extxyz, write_json
-
     records, good, infos = [], [], []
     with staged_output_dir(out) as tmp:
         for s in samples:
@@ -153,33 +222,12 @@ def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra:
     return summary
 
 
-def run_predict(formula: str, n: int, out: str | Path, atoms: int | None, max_atoms: int | None, seed: int,
-                steps: int | None, model: str, device: str, batch_size: int = 64, progress: bool = True,
-                energy_model: str | None = None, guidance_scale: float | None = None, method: str | None = None,
-                compile: bool = False) -> dict:
-    """The ``dao predict`` job: validate everything first, sample, then write all outputs at once."""
-    from dao import __version__
-    from dao.models.checkpoint import bundled_generator_for, load_generator
-
-    t0 = time.time()
-    dev = resolve_device(device)
-    gen_model = load_generator(bundled_generator_for(model, method), dev, compile=compile)
-    if method is not None and method != gen_model.method:
-        raise DAOError(f"--method {method}, but {gen_model.checkpoint_path} is a {gen_model.method} generator "
-                       f"(train one with `dao train generator --method {method}`)")
-    cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
-    guidance, e_model = guidance_for(gen_model, energy_model, guidance_scale, dev)
-    torch.manual_seed(seed)
-    samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, guidance=guidance,
-                       progress=progress)
-    extra = {
-        "formula": formula, "cells": [{"formula": c.formula, "z": c.z, "atoms": c.num_atoms} for c in cells],
-        "n_per_cell": n, "seed": seed, "steps": steps or gen_model.default_steps, "method": gen_model.method,
-        "model": {"path": gen_model.checkpoint_path, "kind": "generator",
-                  "max_atoms": gen_model.config.max_atoms},
-        "guidance": None if e_model is None else {"energy_model": getattr(e_model, "checkpoint_path", None),
-                                                  "scale": guidance[0].scale},
-        "device": str(dev), "compiled": compile, "dao_version": __version__, "seconds": None,
-    }
-    extra["seconds"] = round(time.time() - t0, 2)
-    return write_predictions(samples, out, extra)
+def run_predict(formula: str, n: int, out: str | Path, atoms: int | None = None, max_atoms: int | None = None,
+                seed: int = 0, steps: int | None = None, model: str | Path = "default", device: str = "auto",
+                batch_size: int = 64, progress: bool = True, energy_model: str | Path | None = None,
+                guidance_scale: float | None = None, method: str | None = None, compile: bool = False
+                ) -> dict[str, Any]:
+    """The ``dao predict`` job: :func:`sample_formula`, then all outputs written at once into ``out``."""
+    run = sample_formula(formula, n, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                         energy_model, guidance_scale, method, compile)
+    return write_predictions(run.samples, out, run.summary())

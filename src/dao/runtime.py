@@ -14,11 +14,3 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DAOError("--device cuda requested but no CUDA GPU is available")
     return torch.device(device)
-
-
-def sampling_context(guidance=()):
-    """``torch.inference_mode()`` for unguided sampling (no autograd bookkeeping at all), ``torch.no_grad()``
-    when guidance terms need gradients of the energy (they enable them locally)."""
-    import torch
-
-    return torch.no_grad() if guidance else torch.inference_mode()

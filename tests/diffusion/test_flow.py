@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from dao.crystal import CrystalBatch
-from dao.diffusion.flow import CrystalFlow, crystal_mean, sample_ode, wrap_displacement
+from dao.diffusion.base import NoiseSource, uniform_prior
+from dao.diffusion.flow_matching import FlowConfig, FlowMatchingProcess, crystal_mean, interpolate, wrap_displacement
+from dao.diffusion.sampler import sample
+
+
+def sample_base(template, gen):
+    base = uniform_prior(template, NoiseSource(gen, "cpu"))
+    return base.frac, base.lattice
 
 
 def batch_of(frac, lattice, sizes):
@@ -27,12 +34,11 @@ def test_interpolation_respects_periodicity():
     gen = torch.Generator().manual_seed(0)
     sizes = [3, 5]
     data = batch_of(torch.rand(8, 3, generator=gen), 4 * torch.eye(3).expand(2, 3, 3).clone(), sizes)
-    frac0, lat0 = CrystalFlow().sample_base(data, gen)
+    frac0, lat0 = sample_base(data, gen)
     tau = torch.tensor([0.3, 0.8])
-    flow = CrystalFlow()
-    a = flow.interpolate(data, tau, frac0, lat0)
+    a = interpolate(data, tau, frac0, lat0)
     shifted = data.replace(frac=data.frac + torch.randint(-3, 4, (8, 3)).float())
-    b = flow.interpolate(shifted, tau, frac0 + torch.randint(-2, 3, (8, 3)).float(), lat0)
+    b = interpolate(shifted, tau, frac0 + torch.randint(-2, 3, (8, 3)).float(), lat0)
     torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(a[2], b[2], atol=1e-5, rtol=0)
     # the coordinate velocity carries no net translation of a crystal
@@ -42,15 +48,14 @@ def test_interpolation_respects_periodicity():
 def test_endpoints_and_lattice_path_finite():
     gen = torch.Generator().manual_seed(1)
     data = batch_of(torch.rand(4, 3, generator=gen), 5 * torch.eye(3).expand(1, 3, 3).clone(), [4])
-    flow = CrystalFlow()
-    frac0, lat0 = flow.sample_base(data, gen)
-    f1, l1, u_f, u_l = flow.interpolate(data, torch.tensor([1.0]), frac0, lat0)
+    frac0, lat0 = sample_base(data, gen)
+    f1, l1, u_f, u_l = interpolate(data, torch.tensor([1.0]), frac0, lat0)
     # at τ = 1 the path reaches the data up to one global translation
     disp = wrap_displacement(f1 - data.frac)
     torch.testing.assert_close(disp, disp[:1].expand_as(disp), atol=1e-5, rtol=0)
     torch.testing.assert_close(l1, data.lattice)
     for tau in torch.linspace(0, 1, 11):
-        _, lt, _, _ = flow.interpolate(data, tau.view(1), frac0, lat0)
+        _, lt, _, _ = interpolate(data, tau.view(1), frac0, lat0)
         assert torch.isfinite(lt).all()
 
 
@@ -69,19 +74,19 @@ def test_ode_sampler_with_exact_velocity_reaches_the_crystal():
         return v_lat, delta / (1 - tau[batch.batch].view(-1, 1)).clamp_min(1e-6)
 
     for integrator in ("euler", "heun"):
-        out = sample_ode(oracle, template, CrystalFlow(), num_steps=10, integrator=integrator,
-                         generator=torch.Generator().manual_seed(0))
+        out = sample(FlowMatchingProcess(FlowConfig(integrator=integrator)), oracle, template, num_steps=10,
+                     generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(out.lattice, l1.expand(n, 3, 3), atol=1e-4, rtol=0)
         disp = wrap_displacement(out.frac - f1.repeat(n, 1)).view(n, 3, 3)
         torch.testing.assert_close(disp, disp[:, :1].expand_as(disp), atol=1e-4, rtol=0)
 
 
 def test_flow_generator_trains_and_samples_deterministically():
-    from dao.models.flow import DAOFlowGenerator, FlowGeneratorConfig
+    from dao.models.generator import DAOGenerator, GeneratorConfig
     from dao.nn.crysformer import CrysformerConfig
 
     torch.manual_seed(0)
-    model = DAOFlowGenerator(FlowGeneratorConfig(CrysformerConfig(hidden=32, layers=1, heads=2, num_freqs=8, time_dim=16)))
+    model = DAOGenerator(GeneratorConfig(CrysformerConfig(hidden=32, layers=1, heads=2, num_freqs=8, time_dim=16), method="flow"))
     data = batch_of(torch.rand(5, 3), 4 * torch.eye(3).expand(2, 3, 3).clone(), [2, 3])
     losses = model.loss(data)
     losses["loss"].backward()
@@ -115,8 +120,9 @@ def test_energy_guidance_steers_the_flow_to_lower_energy():
         return 4.0 * torch.eye(3) - batch.lattice, torch.zeros_like(batch.frac)
 
     def run(scale):
-        out = sample_ode(drift, template, CrystalFlow(), num_steps=20, guidance=[Recording(energy, scale)] if scale is not None else (),
-                         generator=torch.Generator().manual_seed(0))
+        out = sample(FlowMatchingProcess(), drift, template, num_steps=20,
+                     guidance=[Recording(energy, scale)] if scale is not None else (),
+                     generator=torch.Generator().manual_seed(0))
         return out, energy.energy(out, torch.zeros(2))
 
     plain, e_plain = run(None)
@@ -130,13 +136,13 @@ def test_energy_guidance_steers_the_flow_to_lower_energy():
 
 def test_guided_flow_sampling_with_a_dao_p_through_the_predict_path(tiny_energy_model):
     from dao.formula import parse_formula
-    from dao.models.flow import DAOFlowGenerator, FlowGeneratorConfig
+    from dao.models.generator import DAOGenerator, GeneratorConfig
     from dao.nn.crysformer import CrysformerConfig
     from dao.prediction import generate, guidance_for
 
     torch.manual_seed(0)
-    model = DAOFlowGenerator(FlowGeneratorConfig(CrysformerConfig(hidden=32, layers=1, heads=2, num_freqs=8,
-                                                                  time_dim=16))).eval()
+    model = DAOGenerator(GeneratorConfig(CrysformerConfig(hidden=32, layers=1, heads=2, num_freqs=8, time_dim=16),
+                                         method="flow")).eval()
     guidance, _ = guidance_for(model, tiny_energy_model, 5.0, torch.device("cpu"))
     cells = [parse_formula("NaCl"), parse_formula("TiO2")]
     a = generate(model, cells, 2, seed=1, steps=5, guidance=guidance)
@@ -152,12 +158,12 @@ def test_compiled_generator_samples_what_the_eager_one_does(tmp_path):
     """``load_generator(compile=True)`` (torch.compile, dynamic shapes) changes speed, not results."""
     from dao.formula import parse_formula
     from dao.models.checkpoint import load_generator, save_model
-    from dao.models.flow import DAOFlowGenerator, FlowGeneratorConfig
+    from dao.models.generator import DAOGenerator, GeneratorConfig
     from dao.nn.crysformer import CrysformerConfig
     from dao.prediction import generate
 
     torch.manual_seed(0)
-    model = DAOFlowGenerator(FlowGeneratorConfig(CrysformerConfig(hidden=32, layers=1, heads=2, num_freqs=8, time_dim=16)))
+    model = DAOGenerator(GeneratorConfig(CrysformerConfig(hidden=32, layers=1, heads=2, num_freqs=8, time_dim=16), method="flow"))
     save_model(tmp_path / "flow.pt", model, {})
     cells = [parse_formula("NaCl"), parse_formula("TiO2")]
     eager = generate(load_generator(tmp_path / "flow.pt"), cells, 2, seed=4, steps=4)

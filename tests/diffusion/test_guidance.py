@@ -1,4 +1,4 @@
-"""Energy guidance (DESIGN §4): EnergyGuidance gradients, guided sampling lowers a known energy,
+"""Energy guidance: EnergyGuidance gradients, the exact size of the guided step, guided sampling lowers a known energy,
 schedule checks, and the predict API / CLI wiring."""
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 from dao.crystal import CrystalBatch
-from dao.diffusion.guidance import EnergyGuidance, check_same_schedule
-from dao.diffusion.processes import DiffusionConfig, LatticeDDPM, WrappedNormalCoords
-from dao.diffusion.sampler import sample_pc
+from dao.diffusion.base import NoiseSource, Prediction
+from dao.diffusion.denoising import DiffusionProcess
+from dao.diffusion.processes import DiffusionConfig
+from dao.diffusion.guidance import EnergyGuidance, Guide, energy_guidance
+from dao.diffusion.sampler import sample
 from dao.errors import DAOError
 from tests.diffusion.test_processes import GaussianLatticeOracle
 
@@ -20,7 +22,6 @@ class KnownLatticeEnergy(nn.Module):
     def __init__(self, target_lattice: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("target", target_lattice)
-        self.config = type("Cfg", (), {"diffusion": DiffusionConfig()})()
 
     def energy(self, batch: CrystalBatch, t: torch.Tensor) -> torch.Tensor:
         e = 0.5 * ((batch.lattice - self.target) ** 2).sum(dim=(1, 2))
@@ -66,7 +67,8 @@ def test_energy_guidance_through_dao_p_matches_finite_differences(tiny_energy_mo
 def test_guided_sampling_lowers_a_known_energy():
     """Exact denoiser of a Gaussian lattice distribution + EnergyGuidance of a known energy: guided samples
     from the same seed have a lower mean energy; scale 0 reproduces the unguided samples."""
-    coords, lattice = WrappedNormalCoords(1000), LatticeDDPM(1000)
+    process = DiffusionProcess()
+    coords, lattice = process.coords, process.lattice
     n = 64
     mu = torch.tensor([[4.0, 0.0, 0.0], [0.5, 5.0, 0.0], [0.2, 0.3, 6.0]])
     energy_model = KnownLatticeEnergy(7.0 * torch.eye(3))
@@ -76,8 +78,8 @@ def test_guided_sampling_lowers_a_known_energy():
 
     def run(scale):
         guidance = [] if scale is None else [EnergyGuidance(energy_model, scale)]
-        return sample_pc(oracle, template, coords, lattice, num_steps=100, guidance=guidance,
-                         generator=torch.Generator().manual_seed(5))
+        return sample(process, oracle, template, num_steps=100, guidance=guidance,
+                      generator=torch.Generator().manual_seed(5))
 
     def mean_energy(b):
         return float(energy_model.energy(b, torch.zeros(n)).mean())
@@ -91,11 +93,74 @@ def test_schedules_must_match(tiny_generator):
     from dao.models.energy import DAOEnergyModel
     from tests.conftest import tiny_energy_config
 
-    check_same_schedule(tiny_generator, DAOEnergyModel(tiny_energy_config()))
+    assert len(energy_guidance(tiny_generator, DAOEnergyModel(tiny_energy_config()))) == 1
     with pytest.raises(DAOError, match="num_steps 1000 vs 100"):
-        check_same_schedule(tiny_generator, DAOEnergyModel(tiny_energy_config(num_steps=100)))
+        energy_guidance(tiny_generator, DAOEnergyModel(tiny_energy_config(num_steps=100)))
     with pytest.raises(DAOError, match="sigma_max"):
-        check_same_schedule(tiny_generator, DAOEnergyModel(tiny_energy_config(sigma_max=0.4)))
+        energy_guidance(tiny_generator, DAOEnergyModel(tiny_energy_config(sigma_max=0.4)))
+
+
+class ConstantGradient:
+    """A guidance term whose gradients are fixed tensors (an energy linear in F and L)."""
+
+    def __init__(self, g_frac: torch.Tensor, g_lat: torch.Tensor, scale: float) -> None:
+        self.g_frac, self.g_lat, self.scale = g_frac, g_lat, scale
+        self.seen = []
+
+    def gradients(self, batch, t):
+        self.seen.append((batch, t))
+        return self.g_frac, self.g_lat
+
+
+@pytest.mark.parametrize("t,t_prev", [(1000, 999), (600, 550), (37, 36)])
+def test_guided_diffusion_step_shifts_each_mean_by_exactly_s_times_posterior_variance(t, t_prev):
+    """One predictor step from the same state and noise: guided − unguided = −s·σ̃²·g for the lattice and
+    for the coordinates (σ̃² the posterior variance of each process at t → t_prev), not any other size."""
+    process = DiffusionProcess(DiffusionConfig(), corrector=False)
+    gen = torch.Generator().manual_seed(0)
+    state = CrystalBatch.from_compositions([[11, 17], [8]])
+    state = state.replace(frac=0.4 + 0.2 * torch.rand(3, 3, generator=gen, dtype=torch.float64),
+                          lattice=torch.randn(2, 3, 3, generator=gen, dtype=torch.float64))
+    out = Prediction(torch.randn(2, 3, 3, generator=gen, dtype=torch.float64),
+                     torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    g_frac, g_lat = 1e-3 * torch.randn(3, 3, generator=gen, dtype=torch.float64), torch.randn(2, 3, 3, generator=gen, dtype=torch.float64)
+    term = ConstantGradient(g_frac, g_lat, scale=3.0)
+    entry = process.schedule(1000, state)[1000 - t]
+    entry = type(entry)(t, t_prev, None)
+
+    def run(guide):
+        return process.step(lambda b, tt: out, guide, state, entry, NoiseSource(torch.Generator().manual_seed(1), "cpu"))
+
+    plain, guided = run(Guide(process)), run(Guide(process, [term]))
+    var_l = process.lattice.posterior_variance(t, t_prev)
+    var_f = process.coords.posterior_variance(t, t_prev)
+    torch.testing.assert_close(guided.lattice - plain.lattice, -3.0 * var_l * g_lat)
+    torch.testing.assert_close(guided.frac - plain.frac, -3.0 * var_f * g_frac)
+    (batch, tt), = term.seen  # DAO-P sees the current state at the current continuous time
+    torch.testing.assert_close(tt, torch.full((2,), t / 1000))
+    assert batch.lattice is state.lattice
+
+
+def test_guided_flow_step_shifts_the_velocity_by_exactly_s_times_the_gradient_at_the_endpoint():
+    from dao.diffusion.flow_matching import FlowMatchingProcess
+
+    process = FlowMatchingProcess()
+    gen = torch.Generator().manual_seed(0)
+    state = CrystalBatch.from_compositions([[11, 17], [8]])
+    state = state.replace(frac=0.4 + 0.2 * torch.rand(3, 3, generator=gen, dtype=torch.float64),
+                          lattice=torch.randn(2, 3, 3, generator=gen, dtype=torch.float64))
+    v = Prediction(torch.randn(2, 3, 3, generator=gen, dtype=torch.float64),
+                   1e-2 * torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    term = ConstantGradient(1e-3 * torch.randn(3, 3, generator=gen, dtype=torch.float64),
+                            torch.randn(2, 3, 3, generator=gen, dtype=torch.float64), scale=0.5)
+    entry = process.schedule(10, state)[3]
+    plain = process.step(lambda b, t: v, Guide(process), state, entry, None)
+    guided = process.step(lambda b, t: v, Guide(process, [term]), state, entry, None)
+    torch.testing.assert_close(guided.lattice - plain.lattice, -entry.dt * 0.5 * term.g_lat)
+    torch.testing.assert_close(guided.frac - plain.frac, -entry.dt * 0.5 * term.g_frac)
+    (end, t), = term.seen  # evaluated on the predicted endpoint x + (1 − τ)·v, at t = 0
+    torch.testing.assert_close(end.lattice, state.lattice + (1 - entry.tau) * v.lattice)
+    torch.testing.assert_close(t, torch.zeros(2, dtype=t.dtype))
 
 
 def test_predict_api_with_energy_guidance(tiny_checkpoint, tiny_energy_checkpoint):

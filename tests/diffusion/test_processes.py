@@ -9,8 +9,9 @@ import torch
 
 from dao.crystal import CrystalBatch
 from dao.diffusion import wrapped_normal
+from dao.diffusion.denoising import DiffusionProcess, timesteps
 from dao.diffusion.processes import LatticeDDPM, WrappedNormalCoords
-from dao.diffusion.sampler import sample_pc, timesteps
+from dao.diffusion.sampler import sample
 
 
 @pytest.mark.parametrize("sigma", [0.005, 0.05, 0.2, 0.5, 1.0])
@@ -94,13 +95,14 @@ class OracleDenoiser:
 
 @pytest.mark.parametrize("steps", [1000, 100])
 def test_pc_sampler_with_oracle_recovers_the_crystal(steps):
-    coords, lattice = WrappedNormalCoords(1000), LatticeDDPM(1000)
+    process = DiffusionProcess()
+    coords, lattice = process.coords, process.lattice
     n_crystals = 4
     f0_one = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.25, 0.1, 0.7]])
     l0_one = torch.tensor([[4.0, 0.0, 0.0], [0.5, 5.0, 0.0], [0.2, 0.3, 6.0]])
     template = CrystalBatch.from_compositions([[11, 17, 8]] * n_crystals)
     oracle = OracleDenoiser(f0_one.repeat(n_crystals, 1), l0_one.expand(n_crystals, 3, 3), coords, lattice)
-    out = sample_pc(oracle, template, coords, lattice, num_steps=steps, generator=torch.Generator().manual_seed(0))
+    out = sample(process, oracle, template, num_steps=steps, generator=torch.Generator().manual_seed(0))
     disp = torch.remainder(out.frac - oracle.f0 + 0.5, 1.0) - 0.5
     assert float(disp.abs().max()) < 0.05
     assert float((out.lattice - oracle.l0).abs().max()) < 0.05
@@ -166,7 +168,8 @@ class GaussianLatticeOracle(OracleDenoiser):
 def test_guidance_term_lowers_a_known_energy():
     """With the exact denoiser of a Gaussian lattice distribution, guidance by E = ½‖L − L*‖² moves the
     samples toward L* (lower E than unguided sampling from the same seed); scale 0 changes nothing."""
-    coords, lattice = WrappedNormalCoords(1000), LatticeDDPM(1000)
+    process = DiffusionProcess()
+    coords, lattice = process.coords, process.lattice
     n = 64
     mu = torch.tensor([[4.0, 0.0, 0.0], [0.5, 5.0, 0.0], [0.2, 0.3, 6.0]])
     target = 7.0 * torch.eye(3)
@@ -178,8 +181,8 @@ def test_guidance_term_lowers_a_known_energy():
         return 0.5 * ((b.lattice - target) ** 2).sum(dim=(1, 2))
 
     def run(guidance):
-        return sample_pc(oracle, template, coords, lattice, num_steps=100, guidance=guidance,
-                         generator=torch.Generator().manual_seed(5))
+        return sample(process, oracle, template, num_steps=100, guidance=guidance,
+                      generator=torch.Generator().manual_seed(5))
 
     plain, guided = run(()), run([QuadraticLatticeEnergy(target, scale=2.0)])
     # unguided samples follow the data distribution: mean μ, unit spread

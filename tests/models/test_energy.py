@@ -96,8 +96,8 @@ def test_energy_loss_is_the_exponential_loss_on_the_noisy_structure():
     torch.manual_seed(7)
     losses = model.loss(batch)
     torch.manual_seed(7)  # replay the same noise
-    noisy, t, eps, target = model.noisy_batch(batch)
-    f = model.energy(noisy, t.float() / model.config.diffusion.num_steps)
+    noisy, t, _ = model.process.training_sample(batch)
+    f = model.energy(noisy, t)
     y = (batch.energy - 0.05) / 0.04
     expected = exponential_energy_loss(f, y)
     torch.testing.assert_close(losses["loss_energy"], expected)
@@ -151,7 +151,7 @@ def test_standardisation_from_training_labels_and_checkpoint_round_trip(tmp_path
         load_generator(path)
     with pytest.raises(DAOError, match="no training structure carries"):
         DAOEnergyModel.from_training_data(cfg, labelled_crystals([math.nan] * 5))
-    with pytest.raises(DAOError, match="unknown energy config keys"):
+    with pytest.raises(DAOError, match="unknown energy config key"):
         DAOEnergyModel.from_training_data({**cfg, "energy": {"betta": 1}}, labelled_crystals(labels))
 
 

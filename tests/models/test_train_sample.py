@@ -39,7 +39,7 @@ def test_train_resume_export_and_predict(tmp_path):
     assert second["meta"]["global_step"] == 8 and second["meta"]["started_at_step"] == 4
     assert "val/loss" in second["meta"]["val"] and torch.isfinite(torch.tensor(second["meta"]["val"]["val/loss"]))
     model = load_generator(out / "model.pt")
-    assert model.config.diffusion.num_steps == 100
+    assert model.config.process.num_steps == 100 and model.default_steps == 100
 
     pred = tmp_path / "pred"
     main(["predict", "TiO2", "-n", "3", "--model", str(out / "model.pt"), "--out", str(pred), "--no-progress"])

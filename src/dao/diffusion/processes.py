@@ -1,16 +1,21 @@
-"""Forward noise processes and their reverse steps, independent of any network (DESIGN §3).
+"""The two noise primitives of DAO-G's diffusion, independent of any network (docs/design.md, 'Diffusion (DAO-G)').
 
-Each process owns its schedule and exposes ``add_noise`` (training targets) and reverse ``step``
-functions (sampling). Time is an integer index t ∈ {1..T}; the network sees t / T.
+Each owns its schedule and exposes ``add_noise`` (training targets) and reverse steps (sampling). Time is an
+integer index t ∈ {1..T}; the network sees t / T. :class:`dao.diffusion.denoising.DiffusionProcess` combines
+them into one :class:`~dao.diffusion.base.Process`; energy guidance enters through the network's prediction
+(:mod:`dao.diffusion.guidance`), not through these steps.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
 import torch
 
+from dao.config import Config
 from dao.diffusion import wrapped_normal
+from dao.errors import ConfigError
 from dao.diffusion.schedules import cosine_alpha_bar, geometric_sigmas
 
 
@@ -30,11 +35,20 @@ class LatticeDDPM:
         ab = self.alpha_bar.to(lattice0.device)[t].view(-1, 1, 1)
         return ab.sqrt() * lattice0 + (1 - ab).sqrt() * noise, noise
 
+    def posterior_variance(self, t: int, t_prev: int) -> float:
+        """σ̃² of the step t → t_prev."""
+        ab, ab_prev = float(self.alpha_bar[t]), float(self.alpha_bar[t_prev])
+        return (1 - ab / ab_prev) * (1 - ab_prev) / (1 - ab)
+
+    def mean_per_eps(self, t: int, t_prev: int) -> float:
+        """∂(posterior mean)/∂ε̂ of the step t → t_prev (negative): how an ε̂ change moves the mean."""
+        ab, ab_prev = float(self.alpha_bar[t]), float(self.alpha_bar[t_prev])
+        a = ab / ab_prev
+        return -(1 - a) / ((1 - ab) ** 0.5 * a**0.5)
+
     def step(self, lattice_t: torch.Tensor, eps_pred: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor,
-             energy_grad: torch.Tensor | None = None, guidance_scale: float = 0.0,
              clip: torch.Tensor | None = None) -> torch.Tensor:
-        """Ancestral step L_t → L_{t_prev} (t_prev = t − 1, or fewer steps with a respaced schedule),
-        optionally guided by −s·σ̃²·∂E/∂L with σ̃² the step's posterior variance.
+        """Ancestral step L_t → L_{t_prev} (t_prev = t − 1, or fewer steps with a respaced schedule).
 
         ``clip`` (B,) bounds the entries of the predicted clean lattice L̂₀ to [−clip, clip] before the
         posterior mean is formed (DDPM's clip_denoised): on a respaced schedule the first steps divide by
@@ -50,8 +64,6 @@ class LatticeDDPM:
             l0 = (lattice_t - (1 - ab) ** 0.5 * eps_pred) / ab**0.5
             l0 = torch.maximum(torch.minimum(l0, bound), -bound)
             mean = (ab_prev**0.5 * b / (1 - ab)) * l0 + (a**0.5 * (1 - ab_prev) / (1 - ab)) * lattice_t
-        if energy_grad is not None and guidance_scale:
-            mean = mean - guidance_scale * var * energy_grad
         return mean + var**0.5 * noise
 
 
@@ -78,15 +90,18 @@ class WrappedNormalCoords:
     def score_from_output(self, output: torch.Tensor, t: int) -> torch.Tensor:
         return output * float(self.lam[t]) ** 0.5
 
-    def predictor_step(self, frac_t: torch.Tensor, score: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor,
-                       energy_grad: torch.Tensor | None = None, guidance_scale: float = 0.0) -> torch.Tensor:
-        """Reverse-SDE step σ_t → σ_{t_prev}, optionally guided by −s·σ̃²·∂E/∂F."""
-        s_t, s_prev = float(self.sigma[t]), float(self.sigma[t_prev])
-        step = s_t**2 - s_prev**2
-        var = s_prev**2 * step / s_t**2
-        out = frac_t + step * score + var**0.5 * noise
-        if energy_grad is not None and guidance_scale:
-            out = out - guidance_scale * var * energy_grad
+    def step_size(self, t: int, t_prev: int) -> float:
+        """σ_t² − σ_{t_prev}²: the score's coefficient in the predictor step."""
+        return float(self.sigma[t]) ** 2 - float(self.sigma[t_prev]) ** 2
+
+    def posterior_variance(self, t: int, t_prev: int) -> float:
+        """σ̃² = σ_{t_prev}²·(σ_t² − σ_{t_prev}²)/σ_t² of the step t → t_prev."""
+        return float(self.sigma[t_prev]) ** 2 * self.step_size(t, t_prev) / float(self.sigma[t]) ** 2
+
+    def predictor_step(self, frac_t: torch.Tensor, score: torch.Tensor, t: int, t_prev: int,
+                       noise: torch.Tensor) -> torch.Tensor:
+        """Reverse-SDE step σ_t → σ_{t_prev}."""
+        out = frac_t + self.step_size(t, t_prev) * score + self.posterior_variance(t, t_prev) ** 0.5 * noise
         return torch.remainder(out, 1.0)
 
     def corrector_step(self, frac_t: torch.Tensor, score: torch.Tensor, t: int, noise: torch.Tensor, step_lr: float) -> torch.Tensor:
@@ -103,9 +118,21 @@ def _lambda_table(num_steps: int, sigma_min: float, sigma_max: float) -> torch.T
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(Config):
+    """The diffusion schedule (shared by DAO-G and the DAO-P that guides it) and the corrector step size."""
+
+    section: ClassVar[str] = "diffusion"
+
     num_steps: int = 1000
     cosine_s: float = 0.008
     sigma_min: float = 0.005
     sigma_max: float = 0.5
     step_lr: float = 1e-5
+
+    def validate(self) -> None:
+        if self.num_steps < 2:
+            raise ConfigError(f"config diffusion.num_steps: at least 2, got {self.num_steps}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"config diffusion: need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.step_lr < 0 or self.cosine_s < 0:
+            raise ConfigError("config diffusion: step_lr and cosine_s must be ≥ 0")

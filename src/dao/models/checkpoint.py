@@ -5,21 +5,26 @@ config and meta hold only plain Python types (dict, list, str, int, float, bool,
 """
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dao.errors import CheckpointError
+from dao.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dao.models.energy import DAOEnergyModel
+    from dao.models.generator import DAOGenerator
 
 FORMAT_VERSION = 1
 #: the bundled generators, by method; ``"default-diffusion"`` / ``"default-flow"`` name them explicitly
 BUNDLED_GENERATORS = {"diffusion": "dao_g_diffusion.pt", "flow": "dao_g_flow.pt"}
-DEFAULT_METHOD = "diffusion"  # what ``"default"`` means for generators (see docs/flow_vs_diffusion.md)
-DEFAULT_GENERATOR = BUNDLED_GENERATORS[DEFAULT_METHOD]
+DEFAULT_BUNDLED_METHOD = "diffusion"  # what ``"default"`` means for generators (see docs/flow_vs_diffusion.md)
+DEFAULT_GENERATOR = BUNDLED_GENERATORS[DEFAULT_BUNDLED_METHOD]
 DEFAULT_ENERGY = "dao_p_default.pt"
 #: the bundled checkpoint that ``"default"`` names, per model kind
 DEFAULT_MODELS = {"generator": DEFAULT_GENERATOR, "energy": DEFAULT_ENERGY}
@@ -74,44 +79,59 @@ def load_checkpoint(spec: str | Path, kind: str | None = None) -> dict:
     if not isinstance(ckpt, dict) or "dao_format" not in ckpt:
         raise CheckpointError(f"{path} is not a DAO model checkpoint (a Lightning training checkpoint? "
                               "use the exported model.pt)")
-    if ckpt["dao_format"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer DAO (format {ckpt['dao_format']})")
-    if kind is not None and ckpt.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a {ckpt.get('kind')!r} model, expected {kind!r}")
+    _check_layout(ckpt, path)
+    if kind is not None and ckpt["kind"] != kind:
+        raise CheckpointError(f"{path} holds a {ckpt['kind']!r} model, expected {kind!r}")
     ckpt["path"] = str(path)
     return ckpt
 
 
-def model_class(kind: str, config: dict | None = None):
-    """The model class that a checkpoint ``kind`` (and, for generators, ``config["method"]``) names."""
-    if kind == "generator":
-        method = (config or {}).get("method", "diffusion")
-        if method == "flow":
-            from dao.models.flow import DAOFlowGenerator
-
-            return DAOFlowGenerator
-        if method != "diffusion":
-            raise CheckpointError(f"unknown generator method {method!r} (diffusion or flow)")
-        from dao.models.generator import DAOGenerator
-
-        return DAOGenerator
-    if kind == "energy":
-        from dao.models.energy import DAOEnergyModel
-
-        return DAOEnergyModel
-    if kind == "property":
-        from dao.models.property import DAOPropertyModel
-
-        return DAOPropertyModel
-    raise CheckpointError(f"unknown model kind {kind!r}")
+def _check_layout(ckpt: dict, path: Path) -> None:
+    """Every field of the layout present and of its type (CheckpointError naming the field otherwise)."""
+    version = ckpt["dao_format"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: dao_format must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer DAO (format {version})")
+    ckpt.setdefault("meta", {})
+    for key, typ in (("kind", str), ("config", dict), ("state_dict", dict), ("meta", dict)):
+        if not isinstance(ckpt.get(key), typ):
+            what = "missing" if key not in ckpt else f"a {type(ckpt[key]).__name__}"
+            raise CheckpointError(f"{path}: field {key!r} is {what}, expected a {typ.__name__}")
+    bad = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entry {bad[0]!r} is not a tensor")
+    if not all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()):
+        raise CheckpointError(f"{path}: the weights contain NaN or infinite values")
 
 
-def load_model(spec: str | Path, kind: str, device: str | torch.device = "cpu"):
+#: model kinds a checkpoint may hold → their class (import paths, resolved on use). Generators of every
+#: method share one class: the method is a config value resolved by :mod:`dao.diffusion.registry`.
+MODEL_KINDS: dict[str, str] = {
+    "generator": "dao.models.generator:DAOGenerator",
+    "energy": "dao.models.energy:DAOEnergyModel",
+    "property": "dao.models.property:DAOPropertyModel",
+}
+
+
+def model_class(kind: str) -> type[torch.nn.Module]:
+    """The model class of a checkpoint ``kind`` (CheckpointError for an unknown kind)."""
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"unknown model kind {kind!r} (known: {', '.join(sorted(MODEL_KINDS))})")
+    module, name = MODEL_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_model(spec: str | Path, kind: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a checkpoint of the given kind as an eval-mode model on ``device``."""
     ckpt = load_checkpoint(spec, kind=kind)
-    cls = model_class(kind, ckpt["config"])
+    cls = model_class(kind)
     try:
-        model = cls(cls.config_class.from_dict(ckpt["config"]))
+        config = cls.config_class.from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {ckpt['path']} has an unusable config: {exc}") from None
+    try:
+        model = cls(config)
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {ckpt['path']} does not match the model: {str(exc).splitlines()[0][:160]}") from None
@@ -120,7 +140,8 @@ def load_model(spec: str | Path, kind: str, device: str | torch.device = "cpu"):
     return model.to(device).eval()
 
 
-def load_generator(spec: str | Path = "default", device: str | torch.device = "cpu", compile: bool = False):
+def load_generator(spec: str | Path = "default", device: str | torch.device = "cpu",
+                   compile: bool = False) -> DAOGenerator:
     """Load a DAO-G checkpoint (``"default"`` for the bundled one) as an eval-mode :class:`DAOGenerator`.
 
     ``compile=True`` wraps the Crysformer in ``torch.compile(dynamic=True)``: the first batch pays the
@@ -133,7 +154,7 @@ def load_generator(spec: str | Path = "default", device: str | torch.device = "c
     return model
 
 
-def load_energy_model(spec: str | Path = "default", device: str | torch.device = "cpu"):
+def load_energy_model(spec: str | Path = "default", device: str | torch.device = "cpu") -> DAOEnergyModel:
     """Load a DAO-P checkpoint (``"default"`` for the bundled one) as an eval-mode
     :class:`~dao.models.energy.DAOEnergyModel`."""
     return load_model(spec, "energy", device)

@@ -1,6 +1,7 @@
-"""DAO-P: Crysformer + noise heads + energy head, trained with the exponential energy loss (DESIGN §4).
+"""DAO-P: Crysformer + noise heads + energy head, trained with the exponential energy loss
+(docs/design.md, 'Energy model (DAO-P) and guidance').
 
-DAO-P is a DAO-G (same noising, same L_lattice + L_coord) whose Crysformer also carries the energy head
+DAO-P is a DAO-G (same process, same L_lattice + L_coord; any registered process) whose Crysformer also carries the energy head
 f_φ(M_t, t). It adds
 
     L_E = ( exp(−f_φ(M_t, t)) − exp(−β·E(M_0)) )²,   β = 1,
@@ -14,12 +15,13 @@ whose gradient is what energy guidance needs (:mod:`dao.diffusion.guidance`). At
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from dao.config import Config
 from dao.crystal import Crystal, CrystalBatch
 from dao.errors import DAOError
 from dao.models.generator import DAOGenerator, GeneratorConfig
@@ -46,8 +48,10 @@ def exponential_energy_loss(pred: torch.Tensor, target: torch.Tensor, beta: floa
 
 
 @dataclass
-class EnergyHeadConfig:
+class EnergyHeadConfig(Config):
     """The energy loss and the label standardisation (mean, std in eV/atom, set from the training labels)."""
+
+    section: ClassVar[str] = "energy"
 
     beta: float = 1.0
     loss_weight: float = 1.0
@@ -57,25 +61,19 @@ class EnergyHeadConfig:
     max_label: float | None = 1.0
     num_labels: int = 0  # labelled training structures the statistics came from (informational)
 
-    @classmethod
-    def from_dict(cls, d: dict, strict: bool = False) -> "EnergyHeadConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown and strict:
-            raise DAOError(f"unknown energy config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
 
 @dataclass
 class EnergyConfig(GeneratorConfig):
     energy: EnergyHeadConfig = field(default_factory=EnergyHeadConfig)
 
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "energy": asdict(self.energy)}
+    keys: ClassVar[tuple[str, ...]] = GeneratorConfig.keys + ("energy",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "energy": self.energy.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict, strict: bool = False) -> "EnergyConfig":
-        base = GeneratorConfig.from_dict(d)
-        return cls(base.model, base.diffusion, base.max_atoms, EnergyHeadConfig.from_dict(d.get("energy") or {}, strict))
+    def from_dict(cls, d: Mapping[str, Any]) -> "EnergyConfig":
+        return cls(**cls._parts(d), energy=EnergyHeadConfig.from_dict(d.get("energy")))
 
 
 def label_statistics(labels: Sequence[float], max_label: float | None = 1.0) -> tuple[float, float, int]:
@@ -92,7 +90,8 @@ def label_statistics(labels: Sequence[float], max_label: float | None = 1.0) -> 
 
 class DAOEnergyModel(DAOGenerator):
     """DAO-P. ``energy(batch, t)`` is the standardised intermediate energy f_φ(M_t, t) (B,);
-    ``energy_per_atom(batch)`` is the t = 0 prediction in eV/atom. Being a DAO-G, it can also sample."""
+    ``energy_per_atom(batch)`` is the t = 0 prediction in eV/atom. Being a DAO-G of its config's method
+    (diffusion by default, or any registered process), it can also sample."""
 
     kind = "energy"
     config_class = EnergyConfig
@@ -100,9 +99,9 @@ class DAOEnergyModel(DAOGenerator):
     config: EnergyConfig
 
     @classmethod
-    def from_training_data(cls, config: dict, crystals: Sequence[Crystal]) -> "DAOEnergyModel":
+    def from_training_data(cls, config: Mapping[str, Any], crystals: Sequence[Crystal]) -> "DAOEnergyModel":
         """A fresh DAO-P whose label standardisation comes from the training crystals' ``e_above_hull``."""
-        cfg = EnergyConfig.from_dict({**config, "max_atoms": max(c.num_atoms for c in crystals)}, strict=True)
+        cfg = cls.training_config(config, crystals)
         mean, std, n = label_statistics([c.meta.get(LABEL_KEY, math.nan) for c in crystals], cfg.energy.max_label)
         if n == 0:
             raise DAOError(f"no training structure carries an {LABEL_KEY} label"
@@ -131,8 +130,9 @@ class DAOEnergyModel(DAOGenerator):
         e = self.config.energy
         return self.energy(batch, t) / e.beta * e.std + e.mean
 
-    def losses(self, batch: CrystalBatch, out, eps: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        losses = super().losses(batch, out, eps, target)
+    def extra_losses(self, batch: CrystalBatch, noisy: CrystalBatch, t: torch.Tensor, out: Any,
+                     losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adds L_E on the noisy structures (labels from the clean batch) and, in validation, the t = 0 MAE."""
         e = self.config.energy
         y = self.standardised_labels(batch)
         loss_e = exponential_energy_loss(out.energy, y, e.beta)

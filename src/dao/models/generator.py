@@ -1,94 +1,144 @@
-"""DAO-G: Crysformer + diffusion over lattices and fractional coordinates (DESIGN §3)."""
+"""DAO-G: a Crysformer paired with a generative process (docs/design.md, 'Diffusion (DAO-G)', 'Flow matching').
+
+The model is the same for every process: the network predicts, and the process (diffusion, flow matching,
+or any registered in :mod:`dao.diffusion.registry`) owns the corruption, the loss, the prior and the
+reverse steps. The process is named by ``method`` in the config, its settings live in the config section
+of that name (``diffusion:`` / ``flow:``).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from dao.crystal import CrystalBatch
-from dao.diffusion.processes import DiffusionConfig, LatticeDDPM, WrappedNormalCoords
-from dao.diffusion.sampler import GuidanceTerm, sample_pc
+from dao.config import Config
+from dao.crystal import Crystal, CrystalBatch
+from dao.diffusion.base import Prediction, Process
+from dao.diffusion.guidance import GuidanceTerm
+from dao.diffusion.registry import DEFAULT_METHOD, methods, process_class
+from dao.diffusion.sampler import sample
+from dao.errors import ConfigError
 from dao.nn.crysformer import Crysformer, CrysformerConfig, with_heads
 
 
 @dataclass
 class GeneratorConfig:
-    model: CrysformerConfig = field(default_factory=CrysformerConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    max_atoms: int = 52  # largest cell the model is meant to generate (set from training data)
+    """Backbone, method, the method's process config and the largest cell the model is meant for.
 
-    def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "diffusion": asdict(self.diffusion), "max_atoms": self.max_atoms}
+    Serialised as ``{"method", "model", <process section>, "max_atoms"}``: the process section is named
+    by the process's config class (``diffusion`` / ``flow``)."""
+
+    model: CrysformerConfig = field(default_factory=CrysformerConfig)
+    method: str = DEFAULT_METHOD
+    process: Config | None = None  # None: the method's defaults
+    max_atoms: int = 52  # set from the training data
+
+    #: top-level keys besides the process section that this config understands
+    keys: ClassVar[tuple[str, ...]] = ("method", "model", "max_atoms")
+
+    def __post_init__(self) -> None:
+        cls = process_class(self.method)
+        if self.process is None:
+            self.process = cls.config_class()
+        elif not isinstance(self.process, cls.config_class):
+            raise ConfigError(f"method {self.method!r} needs a {cls.config_class.__name__}, "
+                              f"got {type(self.process).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "model": self.model.to_dict(),
+                self.process.section: self.process.to_dict(), "max_atoms": self.max_atoms}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorConfig":
-        diff = {k: v for k, v in d.get("diffusion", {}).items() if k in DiffusionConfig.__dataclass_fields__}
-        return cls(CrysformerConfig.from_dict(d.get("model", {})), DiffusionConfig(**diff), int(d.get("max_atoms", 52)))
+    def _parts(cls, d: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor arguments of the shared fields, after checking every key is known."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a model config must be a mapping, got {type(d).__name__}")
+        method = d.get("method", DEFAULT_METHOD)
+        if not isinstance(method, str):
+            raise ConfigError(f"config method: expected a string, got {method!r}")
+        pcls = process_class(method).config_class
+        # a config may carry the sections of several methods (one YAML for a diffusion and a flow run):
+        # the model keeps its own method's, the others are checked and set aside
+        sections = {process_class(m).config_class.section: process_class(m).config_class for m in methods()}
+        unknown = sorted(set(d) - set(cls.keys) - set(sections))
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(unknown)} (known: "
+                              f"{', '.join(sorted(set(cls.keys) | set(sections)))})")
+        for name, other in sections.items():
+            if name in d and other is not pcls:
+                other.from_dict(d[name])
+        max_atoms = d.get("max_atoms", 52)
+        if isinstance(max_atoms, bool) or not isinstance(max_atoms, int) or max_atoms < 1:
+            raise ConfigError(f"config max_atoms: expected a positive integer, got {max_atoms!r}")
+        return {"model": CrysformerConfig.from_dict(d.get("model")), "method": method,
+                "process": pcls.from_dict(d.get(pcls.section)), "max_atoms": max_atoms}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GeneratorConfig":
+        return cls(**cls._parts(d))
 
 
 class DAOGenerator(nn.Module):
-    """Structure generator: predicts lattice noise ε and the normalised coordinate score."""
+    """Structure generator: a Crysformer predicting the process's targets; ``sample`` runs the process."""
 
     kind = "generator"
-    method = "diffusion"
-    config_class = GeneratorConfig
-    required_heads: tuple[str, ...] = ("lattice", "coord")
+    config_class: ClassVar[type] = GeneratorConfig
+    required_heads: ClassVar[tuple[str, ...]] = ("lattice", "coord")
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
         self.backbone = Crysformer(with_heads(config.model, self.required_heads))
-        d = config.diffusion
-        self.lattice_process = LatticeDDPM(d.num_steps, d.cosine_s)
-        self.coord_process = WrappedNormalCoords(d.num_steps, d.sigma_min, d.sigma_max)
+        self.process: Process = process_class(config.method)(config.process)
 
     @classmethod
-    def from_training_data(cls, config: dict, crystals: Sequence) -> "DAOGenerator":
-        """Build a fresh model for ``dao train`` from the YAML config and the training crystals."""
-        return cls(GeneratorConfig.from_dict({**config, "max_atoms": max(c.num_atoms for c in crystals)}))
+    def training_config(cls, config: Mapping[str, Any], crystals: Sequence[Crystal]) -> GeneratorConfig:
+        """The model config of a ``dao train`` YAML (its ``train`` section is the trainer's), with
+        ``max_atoms`` set to the largest training cell."""
+        model_cfg = {k: v for k, v in config.items() if k != "train"}
+        return cls.config_class.from_dict({**model_cfg, "max_atoms": max(c.num_atoms for c in crystals)})
+
+    @classmethod
+    def from_training_data(cls, config: Mapping[str, Any], crystals: Sequence[Crystal]) -> "DAOGenerator":
+        """A fresh model for ``dao train`` from a YAML config and the training crystals."""
+        return cls(cls.training_config(config, crystals))
+
+    @property
+    def method(self) -> str:
+        return self.config.method
 
     @property
     def default_steps(self) -> int:
-        """Sampling steps used when none are given: the full training schedule."""
-        return self.config.diffusion.num_steps
+        """Sampling steps used when none are given (the process's default)."""
+        return self.process.default_steps
 
-    def denoise(self, batch: CrystalBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def network(self, batch: CrystalBatch, t: torch.Tensor) -> Prediction:
+        """The Crysformer's (lattice, coordinate) outputs at continuous times t (B,)."""
         out = self.backbone(batch, t)
-        return out.lattice, out.coord
-
-    def noisy_batch(self, batch: CrystalBatch, generator: torch.Generator | None = None):
-        """Draw t ~ U{1..T} per crystal and noise the batch; returns (noisy batch, t_int, ε_L, coord target)."""
-        T = self.config.diffusion.num_steps
-        b = batch.num_crystals
-        t = torch.randint(1, T + 1, (b,), device=batch.frac.device, generator=generator)
-        lat_t, eps = self.lattice_process.add_noise(batch.lattice, t)
-        frac_t, target = self.coord_process.add_noise(batch.frac, t[batch.batch])
-        return batch.replace(frac=frac_t, lattice=lat_t), t, eps, target
+        return Prediction(out.lattice, out.coord)
 
     def loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
-        noisy, t, eps, target = self.noisy_batch(batch)
-        out = self.backbone(noisy, t.float() / self.config.diffusion.num_steps)
-        return self.losses(batch, out, eps, target)
+        noisy, t, targets = self.process.training_sample(batch)
+        out = self.backbone(noisy, t)
+        losses = self.process.loss(Prediction(out.lattice, out.coord), targets)
+        return self.extra_losses(batch, noisy, t, out, losses)
 
-    def losses(self, batch: CrystalBatch, out, eps: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L_lattice + L_coord from the backbone output on the noised batch (subclasses add terms)."""
-        loss_l = ((out.lattice - eps) ** 2).mean()
-        loss_f = ((out.coord - target) ** 2).mean()
-        return {"loss": loss_l + loss_f, "loss_lattice": loss_l, "loss_coord": loss_f}
+    def extra_losses(self, batch: CrystalBatch, noisy: CrystalBatch, t: torch.Tensor, out: Any,
+                     losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hook for models with more heads (DAO-P adds its energy loss); returns ``losses`` here."""
+        return losses
 
-    def sample(self, template: CrystalBatch, num_steps: int | None = None, corrector: bool = True,
-               guidance: Sequence[GuidanceTerm] = (), generator: torch.Generator | None = None,
-               progress: bool = False) -> CrystalBatch:
-        from dao.runtime import sampling_context
-
+    def sample(self, template: CrystalBatch, num_steps: int | None = None, guidance: Sequence[GuidanceTerm] = (),
+               generator: torch.Generator | None = None, progress: bool = False) -> CrystalBatch:
+        """Generate (F, L) for the atom types of ``template`` (see :func:`dao.diffusion.sampler.sample`)."""
         was_training = self.training
         self.eval()
         try:
-            with sampling_context(guidance):
-                return sample_pc(self.denoise, template, self.coord_process, self.lattice_process, num_steps=num_steps,
-                                 step_lr=self.config.diffusion.step_lr, corrector=corrector, guidance=guidance,
-                                 generator=generator, progress=progress)
+            context = torch.no_grad() if guidance else torch.inference_mode()
+            with context:  # guidance needs autograd inside its terms; unguided sampling needs none at all
+                return sample(self.process, self.network, template, num_steps=num_steps, guidance=guidance,
+                              generator=generator, progress=progress)
         finally:
             self.train(was_training)

@@ -1,4 +1,4 @@
-"""DAO-P as a property model (DESIGN §4): Crysformer at t = 0 with a fresh scalar head, trained on a
+"""DAO-P as a property model (docs/design.md, 'Properties and Tc'): Crysformer at t = 0 with a fresh scalar head, trained on a
 standardised target; the backbone can start from a pretrained DAO-P.
 
 ``loss(batch)`` reads the target from ``batch.energy`` (the per-crystal label slot of
@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from dao.crystal import CrystalBatch
-from dao.errors import CheckpointError
+from dao.config import Config
+from dao.crystal import Crystal, CrystalBatch
+from dao.errors import CheckpointError, ConfigError
 from dao.nn.crysformer import Crysformer, CrysformerConfig
 
 LABEL_KEY = "target"
 
 
 @dataclass
-class PropertyConfig:
+class PropertyConfig(Config):
+    section: ClassVar[str] = "property"
+
     model: CrysformerConfig = field(default_factory=CrysformerConfig)
     target: str = "target"  # the column name it was trained on (for reports)
     mean: float = 0.0
@@ -30,15 +33,9 @@ class PropertyConfig:
     loss: str = "l1"  # l1 (optimises the MAE that is reported) or mse
     max_atoms: int = 52
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PropertyConfig":
-        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "model"}
-        return cls(model=CrysformerConfig.from_dict(d.get("model", {})), **fields)
+    def validate(self) -> None:
+        if self.loss not in ("l1", "mse"):
+            raise ConfigError(f"config property.loss: {self.loss!r} is not l1 or mse")
 
 
 class DAOPropertyModel(nn.Module):
@@ -49,15 +46,17 @@ class DAOPropertyModel(nn.Module):
 
     def __init__(self, config: PropertyConfig) -> None:
         super().__init__()
-        if config.loss not in ("l1", "mse"):
-            raise ValueError(f"unknown property loss {config.loss!r} (l1 or mse)")
+        config.validate()
         self.config = config
         cfg = copy.deepcopy(config.model)
         cfg.heads_out = ["energy"]  # the scalar graph head, here a property head
         self.backbone = Crysformer(cfg)
 
     @classmethod
-    def from_training_data(cls, config: dict, crystals: Sequence, target: str = "target") -> "DAOPropertyModel":
+    def from_training_data(cls, config: Mapping[str, Any], crystals: Sequence[Crystal],
+                           target: str = "target") -> "DAOPropertyModel":
+        """A fresh property model: backbone from ``config["model"]``, head settings from ``config["property"]``,
+        target standardisation from the crystals' labels."""
         values = torch.tensor([float(c.meta.get(LABEL_KEY, math.nan)) for c in crystals], dtype=torch.float64)
         values = values[torch.isfinite(values)]
         if len(values) == 0:

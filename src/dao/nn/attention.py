@@ -1,6 +1,6 @@
 """Crysformer attention with periodic, O(3)-invariant edge features — direct and factored forms.
 
-Edge feature of the ordered pair (i, j) in one crystal (DESIGN §2):
+Edge feature of the ordered pair (i, j) in one crystal (docs/design.md, 'Crysformer'):
 
     raw_ij = [vec(L·Lᵀ) (9); sin(2πkΔf_a), cos(2πkΔf_a) for a = 1..3, k = 0..K−1],  Δf = f_j − f_i
     e_ij   = LayerNorm(raw_ij) = γ ⊙ (raw_ij − μ_ij) / σ_ij + β

@@ -1,20 +1,27 @@
-"""Crysformer: the graph Transformer shared by DAO-G and DAO-P (DESIGN §2)."""
+"""Crysformer: the graph Transformer shared by DAO-G and DAO-P (docs/design.md, 'Crysformer')."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from dao.config import Config
 from dao.crystal import CrystalBatch
+from dao.errors import ConfigError
 from dao.nn.attention import CrystalAttention, fourier_angles
 from dao.nn.embeddings import AtomEmbedding, sinusoidal_embedding
 
+#: the output heads a Crysformer can carry: lattice (B, 3, 3), coordinates (N, 3), a scalar per crystal
+HEADS = ("lattice", "coord", "energy")
+
 
 @dataclass
-class CrysformerConfig:
+class CrysformerConfig(Config):
     """Every size is a config value. The published model: hidden 384, 12 layers, 8 heads (25.2 M)."""
+
+    section: ClassVar[str] = "model"
 
     hidden: int = 384
     layers: int = 12
@@ -25,13 +32,14 @@ class CrysformerConfig:
     factored_edges: bool = True
     heads_out: list[str] = field(default_factory=lambda: ["lattice", "coord"])
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "CrysformerConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def validate(self) -> None:
+        if min(self.hidden, self.layers, self.heads, self.num_freqs, self.time_dim, self.ffn_mult) < 1:
+            raise ConfigError("config model: hidden, layers, heads, num_freqs, time_dim and ffn_mult must be ≥ 1")
+        if self.hidden % self.heads:
+            raise ConfigError(f"config model: hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        unknown = sorted(set(self.heads_out) - set(HEADS))
+        if unknown:
+            raise ConfigError(f"config model.heads_out: unknown head(s) {', '.join(unknown)} (known: {', '.join(HEADS)})")
 
 
 def with_heads(cfg: CrysformerConfig, heads) -> CrysformerConfig:
@@ -105,10 +113,8 @@ class Crysformer(nn.Module):
         self.input = nn.Linear(d + cfg.time_dim, d)
         self.layers = nn.ModuleList([CrysformerLayer(cfg) for _ in range(cfg.layers)])
         self.final_norm = nn.LayerNorm(d)
+        cfg.validate()
         heads = set(cfg.heads_out)
-        unknown = heads - {"lattice", "coord", "energy"}
-        if unknown:
-            raise ValueError(f"unknown Crysformer heads: {sorted(unknown)}")
         self.lattice_head = nn.Linear(d, 9, bias=False) if "lattice" in heads else None
         self.coord_head = nn.Linear(d, 3, bias=False) if "coord" in heads else None
         self.energy_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1)) if "energy" in heads else None

@@ -9,7 +9,7 @@ from importlib import resources
 import torch
 from torch import nn
 
-MAX_Z = 100
+from dao.constants import MAX_Z  # the table covers Z = 1..MAX_Z
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,132 @@
+"""DAO-G's diffusion as a :class:`~dao.diffusion.base.Process` (docs/design.md, 'Diffusion (DAO-G)').
+
+Training: t ~ U{1..T} per crystal; the lattice is noised by the cosine DDPM (target ε), coordinates by the
+wrapped normal (target: the normalised score); the loss is ‖ε̂ − ε‖² + ‖ŝ − s‖². Sampling: predictor–
+corrector — an annealed Langevin corrector step on the coordinates, then the reverse-SDE predictor step for
+coordinates and the ancestral step for the lattice, over T steps or an evenly respaced subset.
+
+Energy guidance shifts the predictor's posterior means by −s·σ̃²·∂E/∂x (σ̃² the step's posterior variance),
+E being DAO-P's intermediate energy at the current state and time. :meth:`DiffusionProcess.guidance_point`
+expresses that shift in the network's output units so that :class:`~dao.diffusion.guidance.Guide` applies it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from dao.crystal import CrystalBatch
+from dao.diffusion.base import (GuidancePoint, Network, NoiseSource, Prediction, Process, TrainingSample,
+                                uniform_prior)
+from dao.diffusion.processes import DiffusionConfig, LatticeDDPM, WrappedNormalCoords
+
+
+def timesteps(num_train_steps: int, num_sample_steps: int | None) -> list[int]:
+    """Descending integer times from T to 1, evenly respaced to ``num_sample_steps`` (always ending at 0)."""
+    n = num_train_steps if not num_sample_steps else min(num_sample_steps, num_train_steps)
+    return torch.linspace(num_train_steps, 1, n).round().long().unique().flip(0).tolist()
+
+
+@dataclass(frozen=True)
+class DiffusionStep:
+    """One entry of the reverse grid: integer times t → t_prev, and the lattice clip bound (None: no clip)."""
+
+    t: int
+    t_prev: int
+    clip: torch.Tensor | None
+
+
+class DiffusionProcess(Process):
+    """Cosine-DDPM lattice + wrapped-normal coordinates, sampled predictor–corrector."""
+
+    method = "diffusion"
+    config_class = DiffusionConfig
+    config: DiffusionConfig
+
+    def __init__(self, config: DiffusionConfig | None = None, corrector: bool = True) -> None:
+        super().__init__(config or DiffusionConfig())
+        c = self.config
+        self.lattice = LatticeDDPM(c.num_steps, c.cosine_s)
+        self.coords = WrappedNormalCoords(c.num_steps, c.sigma_min, c.sigma_max)
+        self.corrector = corrector
+
+    @property
+    def num_train_steps(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def default_steps(self) -> int:
+        """The full training schedule."""
+        return self.config.num_steps
+
+    def training_sample(self, batch: CrystalBatch, generator: torch.Generator | None = None) -> TrainingSample:
+        T = self.config.num_steps
+        t = torch.randint(1, T + 1, (batch.num_crystals,), device=batch.frac.device, generator=generator)
+        lat_t, eps = self.lattice.add_noise(batch.lattice, t)
+        frac_t, target = self.coords.add_noise(batch.frac, t[batch.batch])
+        return TrainingSample(batch.replace(frac=frac_t, lattice=lat_t), t.float() / T, (eps, target))
+
+    def loss(self, prediction: Prediction, targets: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        eps, target = targets
+        loss_l = ((prediction.lattice - eps) ** 2).mean()
+        loss_f = ((prediction.coord - target) ** 2).mean()
+        return {"loss": loss_l + loss_f, "loss_lattice": loss_l, "loss_coord": loss_f}
+
+    def prior(self, template: CrystalBatch, rng: NoiseSource) -> CrystalBatch:
+        return uniform_prior(template, rng)
+
+    def schedule(self, num_steps: int, template: CrystalBatch) -> list[DiffusionStep]:
+        T = self.config.num_steps
+        ts = timesteps(T, num_steps)
+        # respaced schedules clip the predicted clean lattice: no entry beyond 4× the edge of a cube of
+        # 30 Å³ per atom (≈ 64× a typical volume; the full schedule is left exactly as trained)
+        clip = None
+        if len(ts) < T:
+            clip = 4.0 * (30.0 * template.num_atoms.to(template.frac.device).double()) ** (1 / 3)
+        return [DiffusionStep(t, ts[i + 1] if i + 1 < len(ts) else 0, clip) for i, t in enumerate(ts)]
+
+    def _time(self, state: CrystalBatch, entry: DiffusionStep) -> torch.Tensor:
+        return torch.full((state.num_crystals,), entry.t / self.config.num_steps, device=state.frac.device)
+
+    def step(self, network: Network, guide: Callable[[CrystalBatch, Prediction, DiffusionStep], Prediction],
+             state: CrystalBatch, entry: DiffusionStep, rng: NoiseSource) -> CrystalBatch:
+        t, t_prev, nt = entry.t, entry.t_prev, state.frac.shape[0]
+        tc = self._time(state, entry)
+        frac = state.frac
+        if self.corrector:
+            _, out_f = network(state, tc)
+            frac = self.coords.corrector_step(frac, self.coords.score_from_output(out_f, t), t, rng.randn(nt, 3),
+                                              self.config.step_lr)
+            state = state.replace(frac=frac)
+        pred = guide(state, Prediction(*network(state, tc)), entry)
+        frac = self.coords.predictor_step(frac, self.coords.score_from_output(pred.coord, t), t, t_prev,
+                                          rng.randn(nt, 3))
+        lat = self.lattice.step(state.lattice, pred.lattice, t, t_prev, rng.randn(state.num_crystals, 3, 3),
+                                clip=entry.clip)
+        return state.replace(frac=frac, lattice=lat)
+
+    def guidance_point(self, state: CrystalBatch, prediction: Prediction, entry: DiffusionStep) -> GuidancePoint:
+        """E at the current state and time; weights that turn s·∇E into a −s·σ̃²·∇E shift of each mean.
+
+        Coordinates: the predictor adds (σ_t² − σ_{t'}²)·√λ_t·output, so an output change of
+        −σ̃²/((σ_t² − σ_{t'}²)·√λ_t)·s∇_F E shifts it by −s·σ̃²·∇_F E. Lattice: the mean moves by
+        ∂mean/∂ε̂ per unit of ε̂, so an ε̂ change of σ̃²/(∂mean/∂ε̂)·s∇_L E (∂mean/∂ε̂ < 0) shifts it by
+        −s·σ̃²·∇_L E."""
+        t, t_prev = entry.t, entry.t_prev
+        c = self.coords
+        w_coord = c.posterior_variance(t, t_prev) / (c.step_size(t, t_prev) * float(c.lam[t]) ** 0.5)
+        w_lat = self.lattice.posterior_variance(t, t_prev) / self.lattice.mean_per_eps(t, t_prev)
+        return GuidancePoint(state, self._time(state, entry), w_lat, w_coord)
+
+    def compatible_energy_time(self, energy_process: Process | None) -> str | None:
+        """DAO-P reads t as this schedule's t/T: it must have been trained with the same schedule."""
+        if not isinstance(energy_process, DiffusionProcess):
+            return "the energy model was not trained with a diffusion schedule"
+        g, e = asdict(self.config), asdict(energy_process.config)
+        keys = ("num_steps", "cosine_s", "sigma_min", "sigma_max")
+        diff = [f"{k} {g[k]} vs {e[k]}" for k in keys if g[k] != e[k]]
+        if diff:
+            return ("the energy model and the generator use different diffusion schedules "
+                    f"(generator vs energy model: {', '.join(diff)}); energy guidance needs the same one")
+        return None
