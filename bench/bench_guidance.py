@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="Optional folder for the samples (CIF) and per-sample JSON.")
     args = ap.parse_args()
 
-    from dao.benchmark import cell_of
+    from dao.formula import CellComposition
     from dao.crystal import Crystal
     from dao.data.readers import iter_csv_rows
     from dao.evaluate import evaluate, load_references
@@ -62,7 +62,7 @@ def main() -> None:
     energy_model = load_energy_model(args.energy_model, dev)
     refs, ids = load_references(args.split)
     refs, ids = refs[: args.limit], ids[: args.limit]
-    cells = [cell_of(s) for s in refs]
+    cells = [CellComposition.of_structure(s) for s in refs]
     hull = ReferenceHull.default()
     scorer = HullStabilityScorer(CHGNetPotential(device=str(dev)), hull, steps=args.relax_steps)
     result = {"benchmark": "guidance_stability", "generator": gen.checkpoint_path, "method": gen.method,

@@ -6,33 +6,22 @@ reads), so a benchmark run can be re-scored or compared with other generators' C
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
+from tqdm.auto import tqdm
+
+from dao.evaluate import evaluate, load_predictions, load_references, write_report
 from dao.formula import CellComposition
-
-
-def cell_of(structure) -> CellComposition:
-    counts = Counter(site.specie.symbol for site in structure)
-    order = list(dict.fromkeys(site.specie.symbol for site in structure))
-    from functools import reduce
-    from math import gcd
-
-    z = reduce(gcd, counts.values())
-    return CellComposition(tuple((el, counts[el]) for el in order), z)
+from dao.models.checkpoint import load_generator
+from dao.prediction import generate
+from dao.runtime import resolve_device
+from dao.structure_io import write_cif
 
 
 def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit: int | None = None, seed: int = 0,
                   steps: int | None = None, device: str = "auto", batch_size: int = 64, workers: int = 1,
-                  progress: bool = True, compile: bool = False) -> dict:
-    from tqdm.auto import tqdm
-
-    from dao.evaluate import evaluate, load_predictions, load_references, write_report
-    from dao.models.checkpoint import load_generator
-    from dao.prediction import generate
-    from dao.runtime import resolve_device
-    from dao.structure_io import write_cif
-
+                  progress: bool = True, compile: bool = False) -> dict[str, Any]:
     out = Path(out)
     refs, ids = load_references(split)
     if limit is not None:
@@ -51,7 +40,7 @@ def run_benchmark(split: str | Path, model: str, k: int, out: str | Path, limit:
     for start in range(0, len(todo), per_batch):  # resumable: finished rows are skipped on a rerun
         rows = todo[start:start + per_batch]
         ts = time.time()
-        cells = [cell_of(refs[i]) for i in rows]
+        cells = [CellComposition.of_structure(refs[i]) for i in rows]
         samples = generate(gen_model, cells, k, seed=seed + rows[0], steps=steps, batch_size=len(cells) * k)
         sample_seconds += time.time() - ts
         for n, s in enumerate(samples):  # generate() returns k samples per cell, cells in order

@@ -14,7 +14,7 @@ from dao.constants import MAX_Z
 from dao.errors import FormulaError
 
 if TYPE_CHECKING:
-    from pymatgen.core import Composition
+    from pymatgen.core import Composition, Structure
 
 _TOKEN = re.compile(r"([A-Z][a-z]*)")
 _FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+(.+)$", re.MULTILINE)
@@ -43,6 +43,13 @@ class CellComposition:
         from pymatgen.core import Element
 
         return [Element(el).Z for el, n in self.counts for _ in range(n)]
+
+    @classmethod
+    def of_structure(cls, structure: Structure) -> CellComposition:
+        """The cell a structure is: its element counts in order of first appearance, Z their gcd."""
+        symbols = [site.specie.symbol for site in structure]
+        counts = {el: symbols.count(el) for el in dict.fromkeys(symbols)}
+        return cls(tuple(counts.items()), reduce(gcd, counts.values()))
 
 
 def parse_formula(text: str) -> CellComposition:

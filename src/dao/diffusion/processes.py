@@ -29,7 +29,8 @@ class LatticeDDPM:
         self.alpha = torch.cat([torch.ones(1, dtype=torch.float64), ab[1:] / ab[:-1]]).float()
         self.beta = 1 - self.alpha
 
-    def add_noise(self, lattice0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None):
+    def add_noise(self, lattice0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (L_t, ε) for per-crystal integer times t (B,)."""
         noise = torch.randn_like(lattice0) if noise is None else noise
         ab = self.alpha_bar.to(lattice0.device)[t].view(-1, 1, 1)
@@ -79,7 +80,8 @@ class WrappedNormalCoords:
         self.sigma = geometric_sigmas(num_steps, sigma_min, sigma_max).float()
         self.lam = _lambda_table(num_steps, sigma_min, sigma_max)
 
-    def add_noise(self, frac0: torch.Tensor, t_atoms: torch.Tensor, noise: torch.Tensor | None = None):
+    def add_noise(self, frac0: torch.Tensor, t_atoms: torch.Tensor, noise: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (F_t, target) for per-atom integer times; target = score / √λ_t."""
         noise = torch.randn_like(frac0) if noise is None else noise
         sigma = self.sigma.to(frac0.device)[t_atoms].view(-1, 1)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ class CrysformerConfig(Config):
             raise ConfigError(f"config model.heads_out: unknown head(s) {', '.join(unknown)} (known: {', '.join(HEADS)})")
 
 
-def with_heads(cfg: CrysformerConfig, heads) -> CrysformerConfig:
+def with_heads(cfg: CrysformerConfig, heads: Iterable[str]) -> CrysformerConfig:
     """A copy of ``cfg`` whose output heads include ``heads`` (a model's required heads)."""
     out = CrysformerConfig.from_dict(cfg.to_dict())
     out.heads_out = sorted(set(out.heads_out) | set(heads))
@@ -80,12 +80,14 @@ class CrysformerLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.GELU(), nn.Linear(cfg.ffn_mult * d, d))
         self.gate_ffn = GatedResidual(d)
 
-    def forward(self, h, mask, frac, gram, fourier):
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, frac: torch.Tensor, gram: torch.Tensor,
+                fourier: torch.Tensor | None) -> torch.Tensor:
         h = self.gate_attn(h, self.attn(self.norm_attn(h), mask, frac, gram, fourier))
         return self.gate_ffn(h, self.ffn(self.norm_ffn(h)))
 
 
-def to_dense(x: torch.Tensor, batch: torch.Tensor, num_atoms: torch.Tensor, n_max: int | None = None):
+def to_dense(x: torch.Tensor, batch: torch.Tensor, num_atoms: torch.Tensor, n_max: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scatter flat per-atom rows (Nt, ...) into a padded (B, Nmax, ...) tensor; returns (dense, mask, pos)."""
     b = num_atoms.shape[0]
     n_max = int(num_atoms.max()) if n_max is None else n_max
