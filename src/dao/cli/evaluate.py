@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import click
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f} %"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 @click.command("evaluate")
@@ -44,97 +35,26 @@ def evaluate_command(pred_path: Path, ref_path: Path, k: int | None, out_dir: Pa
                      progress: bool, stability: str, relax_steps: int, device: str) -> None:
     """Score crystal structure predictions with the CSP protocol (DiffCSP's compute_metrics): StructureMatcher
     match rate and RMSE (validity-gated and unfiltered), match rate vs k, polymorph recovery."""
-    from dao.evaluate.core import evaluate
-    from dao.evaluate.io import load_predictions_with_report, load_references
-    from dao.evaluate.report import write_report
+    # dao.evaluate imports pymatgen and dao.stability the potentials: only when the command runs
+    from dao.evaluate.pipeline import CACHE_NAME, evaluate_files
+    from dao.evaluate.report import summary_lines
+    from dao.stability import chgnet_stability_scorer
 
     if not ref_path.is_file():
         raise click.ClickException(f"reference file not found: {ref_path}")
     if not pred_path.exists():
         raise click.ClickException(f"predictions not found: {pred_path}")
-    try:
-        refs, ids = load_references(ref_path)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        preds, load_report = load_predictions_with_report(pred_path, ids, k)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
     if out_dir.exists() and not out_dir.is_dir():
         raise click.ClickException(f"--out exists and is not a directory: {out_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = out_dir / "cache.jsonl"
-    if fresh:
-        for old in (cache, out_dir / "cache_relaxed.jsonl"):
-            if old.exists():
-                old.unlink()
-    scorer = _stability_scorer(stability, relax_steps, device, progress)
+    scorer = chgnet_stability_scorer(relax_steps, device, progress) if stability == "chgnet" else None
     try:
-        result = evaluate(preds, refs, k=k, workers=workers, cache_path=cache, progress=progress,
-                          reference_ids=ids, energy_scorer=scorer)
-        after = None
-        if result.relaxed_predictions is not None:
-            after = evaluate(result.relaxed_predictions, refs, k=result.summary["k"], workers=workers,
-                             cache_path=out_dir / "cache_relaxed.jsonl", progress=progress, reference_ids=ids)
+        result, paths = evaluate_files(pred_path, ref_path, out_dir, k=k, workers=workers, fresh=fresh,
+                                       progress=progress, energy_scorer=scorer)
     except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; finished pairs are kept in {cache}, rerun to resume") from None
-    except ValueError as exc:
+        raise click.ClickException(f"interrupted; finished pairs are kept in {out_dir / CACHE_NAME}, rerun to "
+                                   "resume") from None
+    except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    result.summary["input"] = {"pred": str(pred_path), "ref": str(ref_path), **load_report.as_dict()}
-    if scorer is not None:
-        result.summary["stability"].update(judge=scorer.potential.name, relax_steps=relax_steps,
-                                           reference_hull={"sources": scorer.hull.sources,
-                                                           "entries": scorer.hull.n_entries},
-                                           relax_status=dict(Counter(r.get("status", "?") for r in scorer.records)))
-    if after is not None:
-        result.summary["after_relaxation"] = {key: after.summary[key] for key in
-                                              ("match_rate", "rmse", "match_rate_unfiltered", "rmse_unfiltered")}
-        _write_relaxed(result.relaxed_predictions, ids, out_dir / "relaxed")
-    paths = write_report(result, out_dir)
-
-    s = result.summary
-    v = s["validity"]
-    click.echo(f"references {s['n_references']}  k {s['k']}  predictions {v['n_samples_present']} "
-               f"(unreadable {v['n_unreadable']}, missing slots {v['n_samples_missing']}, "
-               f"unassigned {load_report.n_unassigned})")
-    click.echo(f"match rate (valid-gated)  {_pct(s['match_rate'])}   RMSE {_num(s['rmse'])}")
-    click.echo(f"match rate (unfiltered)   {_pct(s['match_rate_unfiltered'])}   RMSE {_num(s['rmse_unfiltered'])}")
-    click.echo(f"validity {_pct(v['valid_rate'])} of predictions; references valid {_pct(v['reference_valid_rate'])}")
-    pr = s["polymorph_recovery"]
-    if pr["n_compositions"]:
-        click.echo(f"polymorph recovery {_pct(pr['rate'])} of {pr['n_compositions']} compositions "
-                   f"(unfiltered {_pct(pr['rate_unfiltered'])})")
-    if scorer is not None:
-        st = s["stability"]
-        click.echo(f"stability ({st['judge']}, E_hull <= {st['threshold_ev_per_atom']} eV/atom) "
-                   f"{_pct(st['stability_rate'])} of {st['n_generated']} (scored {st['n_scored']}), "
-                   f"mean E_hull {_num(st['mean_e_above_hull'])} eV/atom")
-    if after is not None:
-        a = s["after_relaxation"]
-        click.echo(f"after relaxation: match rate {_pct(a['match_rate'])} RMSE {_num(a['rmse'])}; "
-                   f"unfiltered {_pct(a['match_rate_unfiltered'])} RMSE {_num(a['rmse_unfiltered'])}")
-    misses = ", ".join(f"{key} {val}" for key, val in s["miss_reasons"].items() if val)
-    if misses:
-        click.echo(f"misses: {misses}")
+    for line in summary_lines(result.summary):
+        click.echo(line)
     click.echo(f"wrote {paths['summary']}")
-
-
-def _stability_scorer(kind: str, relax_steps: int, device: str, progress: bool):
-    if kind == "none":
-        return None
-    from dao.potentials import CHGNetPotential
-    from dao.runtime import resolve_device
-    from dao.stability import HullStabilityScorer, ReferenceHull
-
-    return HullStabilityScorer(CHGNetPotential(device=str(resolve_device(device))), ReferenceHull.default(),
-                               relax=relax_steps > 0, steps=relax_steps, progress=progress)
-
-
-def _write_relaxed(relaxed: dict, ids, folder: Path) -> None:
-    from dao.structure_io import write_cif
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, row in relaxed.items():
-        for j, s in enumerate(row):
-            if hasattr(s, "lattice"):  # a relaxed Structure (not None / MISSING)
-                write_cif(s, folder / f"{ids[i]}_{j}.cif")

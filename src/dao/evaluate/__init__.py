@@ -52,6 +52,14 @@ Speed and resumption
 ``workers`` > 1 uses a spawn process pool with one BLAS thread per worker. Every finished task is appended
 to ``cache_path`` (JSON lines, one ``os.write`` per line, keyed by a hash of the structures and protocol),
 so an interrupted run continues where it stopped. ``dao evaluate`` keeps it as ``<out>/cache.jsonl``.
+
+Modules
+-------
+:mod:`.canon` canonical structures, matcher, validity of one structure; :mod:`.runner` tasks, cache and
+process pool; :mod:`.table` per-sample and per-row records; :mod:`.metrics` one function per summary metric
+and the ``@metric`` registry (a new metric is one decorated function there); :mod:`.core` ``evaluate()``;
+:mod:`.io` inputs; :mod:`.report` outputs; :mod:`.pipeline` files in, report out (``dao evaluate``).
+See docs/design.md, 'Evaluation'.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from dao.evaluate.canon import MATCHER_KWARGS, MISSING, is_valid
 from dao.evaluate.core import EnergyScorer, EvaluationResult, evaluate
 from dao.evaluate.io import load_predictions, load_references
 from dao.evaluate.metrics import METRICS, metric
+from dao.evaluate.pipeline import evaluate_files
 from dao.evaluate.report import write_report
 from dao.evaluate.table import SampleTable
 
@@ -73,6 +82,7 @@ __all__ = [
     "EvaluationResult",
     "SampleTable",
     "evaluate",
+    "evaluate_files",
     "is_valid",
     "load_predictions",
     "load_references",

@@ -1,4 +1,5 @@
-"""Writing the evaluation report: summary.json, per_structure.csv and two PNG plots (atomic writes)."""
+"""Writing the evaluation report: summary.json, per_structure.csv and two PNG plots (atomic writes), and the
+summary as the few lines ``dao evaluate`` prints."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dao.evaluate.core import EvaluationResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PER_STRUCTURE_COLUMNS = [
     "ref_index", "material_id", "formula", "n_atoms", "ref_valid", "n_samples", "n_valid",
@@ -61,7 +65,7 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -137,3 +141,40 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     _atomic_write(paths["match_rate_vs_k"], _plot_match_rate(result.summary))
     _atomic_write(paths["rmse_hist"], _plot_rmse_hist(result))
     return paths
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary in a few human-readable lines (what ``dao evaluate`` prints)."""
+    s, v = summary, summary["validity"]
+    unassigned = s.get("input", {}).get("n_unassigned", s["n_unassigned_prediction_keys"])
+    lines = [f"references {s['n_references']}  k {s['k']}  predictions {v['n_samples_present']} "
+             f"(unreadable {v['n_unreadable']}, missing slots {v['n_samples_missing']}, unassigned {unassigned})",
+             f"match rate (valid-gated)  {_pct(s['match_rate'])}   RMSE {_num(s['rmse'])}",
+             f"match rate (unfiltered)   {_pct(s['match_rate_unfiltered'])}   RMSE {_num(s['rmse_unfiltered'])}",
+             f"validity {_pct(v['valid_rate'])} of predictions; references valid {_pct(v['reference_valid_rate'])}"]
+    pr = s["polymorph_recovery"]
+    if pr["n_compositions"]:
+        lines.append(f"polymorph recovery {_pct(pr['rate'])} of {pr['n_compositions']} compositions "
+                     f"(unfiltered {_pct(pr['rate_unfiltered'])})")
+    if "stability" in s:
+        st = s["stability"]
+        judge = f"{st['judge']}, " if "judge" in st else ""
+        lines.append(f"stability ({judge}E_hull <= {st['threshold_ev_per_atom']} eV/atom) "
+                     f"{_pct(st['stability_rate'])} of {st['n_generated']} (scored {st['n_scored']}), "
+                     f"mean E_hull {_num(st['mean_e_above_hull'])} eV/atom")
+    if "after_relaxation" in s:
+        a = s["after_relaxation"]
+        lines.append(f"after relaxation: match rate {_pct(a['match_rate'])} RMSE {_num(a['rmse'])}; "
+                     f"unfiltered {_pct(a['match_rate_unfiltered'])} RMSE {_num(a['rmse_unfiltered'])}")
+    misses = ", ".join(f"{key} {val}" for key, val in s["miss_reasons"].items() if val)
+    if misses:
+        lines.append(f"misses: {misses}")
+    return lines

@@ -32,7 +32,8 @@ from functools import lru_cache
 import numpy as np
 from pymatgen.core import Element, Structure
 
-MIN_DISTANCE = 0.5  # Å, DiffCSP structure_validity cutoff
+from dao.constants import MIN_DISTANCE  # Å, DiffCSP structure_validity cutoff
+
 MIN_VOLUME = 0.1  # Å^3
 MAX_OX_COMBINATIONS = 1e7  # DiffCSP: `if oxn > 1e7: return False`
 
@@ -116,6 +117,7 @@ def reduced_composition(numbers: np.ndarray | list[int]) -> tuple[tuple[int, int
 
 
 def composition_validity(numbers: np.ndarray | list[int]) -> bool:
+    """SMACT validity (:func:`smact_validity`) of the reduced composition of these atomic numbers."""
     comp = reduced_composition(numbers)
     if not comp:
         return False
@@ -126,11 +128,17 @@ def composition_validity(numbers: np.ndarray | list[int]) -> bool:
     return smact_validity(symbols, tuple(c for _, c in comp))
 
 
+def _too_close(structure: Structure, cutoff: float) -> bool:
+    """Some interatomic distance (minimum image, self excluded) is below ``cutoff``."""
+    if len(structure) < 2:
+        return False
+    dist = structure.distance_matrix + np.eye(len(structure)) * (cutoff + 10.0)
+    return bool(dist.min() < cutoff)
+
+
 def structure_validity(structure: Structure, cutoff: float = MIN_DISTANCE) -> bool:
     """DiffCSP ``structure_validity``: min pairwise distance ≥ cutoff and volume ≥ 0.1 Å³."""
-    dist_mat = structure.distance_matrix
-    dist_mat = dist_mat + np.diag(np.ones(dist_mat.shape[0]) * (cutoff + 10.0))
-    return not (dist_mat.min() < cutoff or structure.volume < MIN_VOLUME)
+    return not (_too_close(structure, cutoff) or structure.volume < MIN_VOLUME)
 
 
 def validity_detail(structure: Structure) -> tuple[bool, bool, str]:
@@ -146,9 +154,7 @@ def validity_detail(structure: Structure) -> tuple[bool, bool, str]:
     vol = structure.volume
     if not vol >= MIN_VOLUME:
         reasons.append("volume")
-    if len(structure) > 1:
-        dist = structure.distance_matrix + np.eye(len(structure)) * (MIN_DISTANCE + 10.0)
-        if dist.min() < MIN_DISTANCE:
-            reasons.append("min_distance")
+    if _too_close(structure, MIN_DISTANCE):
+        reasons.append("min_distance")
     struct_ok = not any(r in ("volume", "min_distance") for r in reasons)
     return comp_ok, struct_ok, ",".join(reasons)
