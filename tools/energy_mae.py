@@ -4,7 +4,7 @@
 
 Predictions are DAO-P's t = 0 energy head (eV/atom). Reported beside the MAE: the MAE of always predicting
 the training mean stored in the checkpoint (a floor any useful model must beat), the median absolute error,
-and the MAE on the stable subset (true E_hull ≤ 0.08 eV/atom, DESIGN §5).
+and the MAE on the stable subset (true E_hull ≤ 0.08 eV/atom).
 """
 from __future__ import annotations
 
