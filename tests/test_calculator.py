@@ -166,3 +166,22 @@ def test_relaxation_with_a_random_dao_p_stays_finite(p_model):
     assert rec["status"] in {"converged", "not_converged", "aborted"} and rec["steps"] <= 15
     assert all(math.isfinite(rec[k]) for k in ("energy_initial", "energy_final", "volume_final", "max_force", "max_stress"))
     assert 1 / 3 <= rec["volume_final"] / rec["volume_initial"] <= 3
+
+
+def test_niggli_transform_is_an_integer_unimodular_basis_change_shared_without_a_cycle():
+    import subprocess
+    import sys
+
+    from dao.calculator import niggli_transform
+    from dao.cell import niggli_transform as cell_niggli
+
+    assert niggli_transform is cell_niggli
+    skewed = np.array([[3.0, 0.0, 0.0], [2.9, 3.1, 0.0], [0.4, 0.3, 4.0]])
+    op = niggli_transform(skewed)
+    assert np.array_equal(op, np.rint(op)) and abs(abs(np.linalg.det(op)) - 1) < 1e-9
+    reduced = op @ skewed
+    assert np.linalg.norm(reduced, axis=1).max() < np.linalg.norm(skewed, axis=1).max()
+    np.testing.assert_array_equal(niggli_transform(np.zeros((3, 3))), np.eye(3))  # degenerate: identity
+    # the potentials no longer reach into the calculator for it
+    code = "import sys, dao.potentials; assert 'dao.calculator' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -126,3 +126,27 @@ def test_threads_option_sets_torch_threads():
         assert res.exit_code != 0 and "--threads" in res.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_bad_train_config_fails_before_reading_data_or_creating_the_run(tmp_path, tiny_csv):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("train: {batch_size: 0}\n")
+    out = tmp_path / "run"
+    assert_clean_failure(run_dao("train", "generator", "--data", str(tiny_csv), "--config", str(cfg), "--out", str(out)),
+                         "train.batch_size")
+    cfg.write_text("model: {hidden: 16}\ntrain: {batch_size: 2}\nflow_matching: {num_steps: 4}\n")
+    assert_clean_failure(run_dao("train", "energy", "--data", str(tiny_csv), "--config", str(cfg), "--out", str(out)),
+                         "unknown config section(s): flow_matching")
+    assert_clean_failure(run_dao("train", "generator", "--data", str(tiny_csv), "--out", str(out), "--devices", "two"),
+                         "--devices")
+    assert not out.exists()
+
+
+def test_cli_import_and_help_do_not_import_torch():
+    code = ("import sys, dao.cli; from dao.cli import cli, main; "
+            "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'; "
+            "assert {'predict', 'train', 'energy', 'relax', 'tc', 'predict-property', 'data', 'evaluate'} <= set(cli.commands)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    help_ = run_dao("train", "--help")
+    assert help_.returncode == 0 and "generator" in help_.stdout and "property" in help_.stdout

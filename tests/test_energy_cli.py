@@ -91,3 +91,17 @@ def test_relax_writes_cifs_and_summary(tmp_path, tiny_energy_checkpoint):
             frames = read(out / rec["trajectory"], index=":")
             assert len(frames) == rec["steps"] + 1 and abs(frames[-1].get_volume() - s.volume) < 1e-3 * s.volume
             assert frames[0].get_forces().shape == (rec["num_atoms"], 3)
+
+
+def test_energy_table_and_jsonl_formatting(tmp_path):
+    from dao.energy import energy_jsonl, energy_table, write_energy_jsonl
+
+    rows = [{"name": "NaCl", "source": "a.cif", "formula": "NaCl", "num_atoms": 2, "e_above_hull_pred": 0.012345},
+            {"name": "TiO2_rutile", "source": "b.cif", "formula": "TiO2", "num_atoms": 6, "e_above_hull_pred": -0.5}]
+    assert energy_table(rows).splitlines() == [
+        "name         formula      atoms  E_hull (eV/atom)",
+        "NaCl         NaCl             2  0.0123",
+        "TiO2_rutile  TiO2             6  -0.5000"]
+    assert [json.loads(line) for line in energy_jsonl(rows).splitlines()] == rows
+    write_energy_jsonl(rows, tmp_path / "sub" / "e.jsonl")
+    assert (tmp_path / "sub" / "e.jsonl").read_text() == energy_jsonl(rows) + "\n"

@@ -1,4 +1,5 @@
-"""DAO-P at t = 0 as an ASE calculator: energy, forces and stress by autograd (DESIGN §4).
+"""DAO-P at t = 0 as an ASE calculator: energy, forces and stress by autograd (see docs/design.md,
+"Energy model (DAO-P) and guidance").
 
 ``energy`` is the predicted energy above hull times the number of atoms (eV), ``forces`` = −∂E/∂x (eV/Å),
 ``stress`` = (1/V)·∂E/∂ε for a symmetric strain ε of the cell (ASE's sign convention and Voigt order
@@ -13,33 +14,18 @@ coordinates F = x·L⁻¹ and the lattice L, so autograd differentiates exactly 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ase import Atoms
 from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
 
+from dao.cell import niggli_transform
+from dao.models.checkpoint import load_energy_model
+from dao.potentials import DAOPotential, NiggliBasis
 
-def niggli_transform(cell: np.ndarray) -> np.ndarray:
-    """Integer matrix M such that M·L is the Niggli-reduced basis of the lattice L (rows).
-
-    It is found by pymatgen's reduction (as used on training data) of the lattice in its canonical
-    ``Lattice.from_parameters`` orientation, so M depends only on a, b, c, α, β, γ: the same for every
-    rotation of the cell. Identity when the reduction fails.
-    """
-    from pymatgen.core import Lattice
-
-    from dao.crystal import canonical_lattice
-
-    cell = np.asarray(cell, dtype=np.float64)
-    try:
-        canonical = canonical_lattice(cell)
-        reduced = Lattice(canonical).get_niggli_reduced_lattice().matrix
-        op = np.rint(reduced @ np.linalg.inv(canonical))
-    except (ValueError, np.linalg.LinAlgError):
-        return np.eye(3)
-    if abs(abs(np.linalg.det(op)) - 1) > 1e-6 or not np.allclose(op @ canonical, reduced, atol=1e-5 * np.abs(cell).max()):
-        return np.eye(3)
-    return op
+__all__ = ["DAOCalculator", "niggli_transform"]  # niggli_transform: re-exported from dao.cell
 
 
 class DAOCalculator(Calculator):
@@ -57,14 +43,11 @@ class DAOCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model="default", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
-                 niggli: bool = True, niggli_tolerance: float = 0.1, **kwargs) -> None:
+    def __init__(self, model: str | Path | torch.nn.Module = "default", device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float64, niggli: bool = True, niggli_tolerance: float = 0.1,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from dao.potentials import DAOPotential
-
         if isinstance(model, (str, Path)):
-            from dao.models.checkpoint import load_energy_model
-
             model = load_energy_model(model, "cpu")
         self.potential = DAOPotential(model, device=device, dtype=dtype, niggli=niggli,
                                       niggli_tolerance=niggli_tolerance)
@@ -74,19 +57,20 @@ class DAOCalculator(Calculator):
         self.potential.basis.pop(0, None)
 
     @property
-    def state(self):
+    def state(self) -> NiggliBasis | None:
         """The per-structure Niggli basis (kept across steps); relaxing several structures with one calculator
         saves and restores it per structure (see :class:`dao.potentials.CalculatorPotential`)."""
         return self.potential.basis.get(0)
 
     @state.setter
-    def state(self, value) -> None:
+    def state(self, value: NiggliBasis | None) -> None:
         if value is None:
             self.potential.basis.pop(0, None)
         else:
             self.potential.basis[0] = value
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         if not np.all(self.atoms.pbc):
             raise CalculatorSetupError("DAOCalculator needs a cell periodic in all three directions")

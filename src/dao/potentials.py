@@ -16,11 +16,23 @@ identifies a structure across the steps of a relaxation (a potential may keep pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Protocol, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Hashable, Protocol, Sequence
 
 import numpy as np
 
+from dao.cell import niggli_transform
 from dao.errors import DAOError
+
+if TYPE_CHECKING:
+    import os
+
+    import torch
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator
+
+#: per-structure state of :class:`DAOPotential`: (atomic numbers, the cell it was chosen for, the basis change M)
+NiggliBasis = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -37,18 +49,18 @@ class Potential(Protocol):
     name: str
     energy_unit: str
 
-    def compute(self, items: Sequence[tuple[Hashable, object]]) -> list[PotentialResult | Exception]: ...
+    def compute(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult | Exception]: ...
 
 
 class CalculatorPotential:
     """Wrap one ASE calculator. Calculators that keep per-structure state across steps (DAOCalculator's
     Niggli basis) expose it as ``state``; it is saved and restored per key."""
 
-    def __init__(self, calculator, name: str = "calculator", energy_unit: str = "eV/atom") -> None:
+    def __init__(self, calculator: Calculator, name: str = "calculator", energy_unit: str = "eV/atom") -> None:
         self.calc, self.name, self.energy_unit = calculator, name, energy_unit
         self._state: dict[Hashable, object] = {}
 
-    def compute(self, items):
+    def compute(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult | Exception]:
         out: list[PotentialResult | Exception] = []
         keeps_state = hasattr(self.calc, "state")
         for key, atoms in items:
@@ -77,8 +89,8 @@ class DAOPotential:
 
     energy_unit = "eV/atom (DAO-P predicted energy above hull)"
 
-    def __init__(self, model="default", device="cpu", dtype=None, niggli: bool = True,
-                 niggli_tolerance: float = 0.1) -> None:
+    def __init__(self, model: str | os.PathLike | torch.nn.Module = "default", device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, niggli: bool = True, niggli_tolerance: float = 0.1) -> None:
         import copy
 
         import torch
@@ -92,13 +104,11 @@ class DAOPotential:
         self.device = torch.device(device)
         self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.niggli, self.niggli_tolerance = niggli, niggli_tolerance
-        self.basis: dict[Hashable, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # key -> (numbers, cell, M)
+        self.basis: dict[Hashable, NiggliBasis] = {}  # key -> (numbers, cell, M)
 
-    def _op(self, key, numbers: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    def _op(self, key: Hashable, numbers: np.ndarray, cell: np.ndarray) -> np.ndarray:
         """The integer basis change to the Niggli-reduced cell, kept per key while the atoms stay the same
         and the cell within ``niggli_tolerance`` (relative) of the cell it was computed for."""
-        from dao.calculator import niggli_transform
-
         if not self.niggli:
             return np.eye(3)
         got = self.basis.get(key)
@@ -110,7 +120,7 @@ class DAOPotential:
         self.basis[key] = (numbers.copy(), cell.copy(), op)
         return op
 
-    def compute(self, items):
+    def compute(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult | Exception]:
         import torch
 
         from dao.crystal import CrystalBatch
@@ -167,7 +177,7 @@ class CHGNetPotential:
         self.name = f"chgnet-{model}"
         self.batch_size = batch_size
 
-    def _predict(self, structures):
+    def _predict(self, structures: list) -> list:
         import warnings
 
         with warnings.catch_warnings():  # CHGNet warns about its own volume tensor on every call
@@ -175,7 +185,7 @@ class CHGNetPotential:
             preds = self.model.predict_structure(structures, task="efs", batch_size=self.batch_size)
         return [preds] if isinstance(preds, dict) else list(preds)
 
-    def compute(self, items):
+    def compute(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult | Exception]:
         from ase.stress import full_3x3_to_voigt_6_stress
         from ase.units import GPa
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -200,7 +210,7 @@ class CHGNetPotential:
         return out
 
 
-def require_chgnet():
+def require_chgnet() -> ModuleType:
     """Import the optional ``chgnet`` package or fail with an installation hint."""
     try:
         import chgnet.model as chgnet_model
@@ -210,7 +220,8 @@ def require_chgnet():
     return chgnet_model
 
 
-def load_potential(name: str = "dao", model: str = "default", device: str = "cpu", batch_size: int = 32):
+def load_potential(name: str = "dao", model: str = "default", device: str = "cpu",
+                   batch_size: int = 32) -> Potential:
     """``"dao"`` (DAO-P checkpoint ``model``) or ``"chgnet"`` (``model`` is a CHGNet version, default 0.3.0)."""
     if name == "chgnet":
         return CHGNetPotential("0.3.0" if model == "default" else model, device=device, batch_size=batch_size)

@@ -1,79 +1,50 @@
 """Training on Lightning (CPU, one GPU, or DDP over many GPUs/nodes) with EMA, resume and export.
 
-``dao train generator|energy --data A.csv B.csv --val V.csv --config cfg.yaml --out runs/x`` writes
-``runs/x/model.pt`` (EMA weights + config, refreshed after every validation), Lightning checkpoints
-in ``runs/x/checkpoints`` (``--resume`` continues from ``last.ckpt``) and ``metrics.csv``.
+``dao train generator|energy --data A.csv B.csv --val V.csv --config cfg.yaml --out runs/x`` runs
+:func:`train_model`, which writes ``runs/x/model.pt`` (EMA weights + config, refreshed after every
+validation), Lightning checkpoints in ``runs/x/checkpoints`` (``--resume`` continues from ``last.ckpt``)
+and ``metrics.csv``. The configuration (:class:`TrainConfig`, :func:`load_config`) lives in
+:mod:`dao.train_config`.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
+import random
+import sys
 import time
-from dataclasses import asdict, dataclass
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
 from dao.crystal import Crystal
+from dao.data.dataset import BucketBatchSampler, CrystalDataset, collate
+from dao.data.dedupe import remove_overlap
+from dao.data.readers import read_any
+from dao.errors import DAOError
+from dao.models.checkpoint import load_model, model_class, save_model
+from dao.runtime import resolve_device
+from dao.train_config import TrainConfig, load_config
 
+__all__ = ["DAOModule", "TrainConfig", "accelerator_for", "fit", "load_config", "load_crystals", "lr_lambda",
+           "train_model"]
 
-@dataclass
-class TrainConfig:
-    batch_size: int = 64
-    lr: float = 3e-4
-    lr_min: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 500
-    max_epochs: int = 1000
-    max_steps: int = -1
-    max_time: str | None = None  # "DD:HH:MM:SS"
-    grad_clip: float = 0.5
-    ema_decay: float = 0.999
-    max_atoms: int = 52
-    min_atoms: int = 1
-    seed: int = 0
-    num_workers: int = 0
-    val_every_n_epochs: int = 1
-    ckpt_every_n_steps: int = 200
-    precision: str = "32-true"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            from dao.errors import DAOError
-
-            raise DAOError(f"unknown train config keys: {sorted(unknown)}")
-        return cls(**d)
-
-
-def load_config(path: str | Path | None) -> dict:
-    if path is None:
-        return {}
-    import yaml
-
-    from dao.errors import DAOError
-
-    p = Path(path)
-    if not p.is_file():
-        raise DAOError(f"config file not found: {p}")
-    try:
-        cfg = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DAOError(f"malformed YAML in {p}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(cfg, dict):
-        raise DAOError(f"{p}: expected a mapping with model/diffusion/train sections")
-    return cfg
+#: the names ``dao train`` prints for each model kind
+MODEL_NAMES = {"generator": "DAO-G", "energy": "DAO-P"}
 
 
 def load_crystals(paths: Sequence[str | Path], min_atoms: int = 1, max_atoms: int = 10**9,
                   progress: bool = True) -> tuple[list[Crystal], dict]:
     """Read and size-filter training data from any supported files; returns (crystals, report)."""
-    from dao.data.readers import read_any
-
     crystals, report = [], {"sources": {}}
     for p in paths:
         cs, skipped = read_any(p, progress=progress)
@@ -83,7 +54,9 @@ def load_crystals(paths: Sequence[str | Path], min_atoms: int = 1, max_atoms: in
     return crystals, report
 
 
-def lr_lambda(warmup: int, total: int, lr: float, lr_min: float):
+def lr_lambda(warmup: int, total: int, lr: float, lr_min: float) -> Callable[[int], float]:
+    """The LambdaLR factor: linear warm-up over ``warmup`` steps, then cosine decay from lr to lr_min."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -99,7 +72,7 @@ class DAOModule(L.LightningModule):
     """Wraps any DAO model exposing ``loss(batch) -> dict`` (generator or energy model)."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, out_dir: Path, meta: dict,
-                 train_sampler=None) -> None:
+                 train_sampler: Any = None) -> None:
         super().__init__()
         self.model = model
         self.ema = copy.deepcopy(model).requires_grad_(False)
@@ -112,16 +85,12 @@ class DAOModule(L.LightningModule):
 
     # ---- exact resume: the batch position inside the epoch and the random state go into every
     # checkpoint; on resume the sampler skips the batches already trained on and the RNGs continue
-    def on_train_epoch_start(self):
+    def on_train_epoch_start(self) -> None:
         if not self._resumed_mid_epoch:
             self.batches_in_epoch = 0
         self._resumed_mid_epoch = False
 
-    def on_train_batch_start(self, batch, batch_idx):
-        import random
-
-        import numpy as np
-
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         state, self._pending_rng = self._pending_rng, None
         if state is None:
             return
@@ -133,11 +102,7 @@ class DAOModule(L.LightningModule):
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
-    def on_save_checkpoint(self, checkpoint):
-        import random
-
-        import numpy as np
-
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
         py_state = random.getstate()
         checkpoint["dao_resume"] = {
             "sampler_epoch": int(self.train_sampler.current) if self.train_sampler is not None else None,
@@ -149,7 +114,7 @@ class DAOModule(L.LightningModule):
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
-    def on_load_checkpoint(self, checkpoint):
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("dao_resume")
         if not state:
             return
@@ -163,20 +128,20 @@ class DAOModule(L.LightningModule):
             sampler.epoch, sampler.skip_next = state["sampler_epoch"], done
             self.batches_in_epoch, self._resumed_mid_epoch = done, True
 
-    def on_train_start(self):
+    def on_train_start(self) -> None:
         self.meta["started_at_step"] = int(self.global_step)  # > 0 when resumed from a checkpoint
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch.to(device)
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         losses = self.model.loss(batch)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False,
                       batch_size=batch.num_crystals, on_step=True, on_epoch=True, sync_dist=False)
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=batch.num_crystals)
         return losses["loss"]
 
-    def optimizer_step(self, *args, **kwargs):
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         # EMA here, not in on_train_batch_end: checkpoint callbacks run before the module's batch-end hook
         d = min(self.cfg.ema_decay, (1 + self.global_step) / (10 + self.global_step))
@@ -185,7 +150,7 @@ class DAOModule(L.LightningModule):
                 pe.lerp_(p.detach(), 1 - d)
         self.batches_in_epoch += 1
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(1000 + batch_idx)  # the same noise every validation: comparable curves
@@ -193,7 +158,7 @@ class DAOModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=False,
                       batch_size=batch.num_crystals, on_epoch=True, sync_dist=True)
 
-    def on_validation_epoch_end(self):
+    def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
@@ -201,27 +166,27 @@ class DAOModule(L.LightningModule):
             self.export(metrics)
 
     def export(self, metrics: dict) -> None:
-        from dao.models.checkpoint import save_model
-
+        """Write the EMA weights, config and run metadata to ``out_dir/model.pt``."""
         meta = dict(self.meta)
         meta.update({"epoch": int(self.current_epoch), "global_step": int(self.global_step),
                      "train_seconds": round(time.time() - self.started, 1), "val": metrics})
         save_model(self.out_dir / "model.pt", self.ema, meta)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 10**6
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg.warmup_steps, total, self.cfg.lr, self.cfg.lr_min))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_train_end(self):
+    def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
             metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
             self.export(metrics)
 
 
 def accelerator_for(device: str) -> str:
+    """Lightning's accelerator name for a DAO ``--device``."""
     return {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}[device]
 
 
@@ -235,18 +200,10 @@ def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal]
     ``strategy``: a Lightning strategy name ("ddp", "ddp_spawn", ...); "auto" picks DDP when needed.
     ``callbacks``: extra Lightning callbacks. Resuming is exact on one process (data order, RNG, EMA);
     under DDP the data order is exact but only rank 0's RNG state is checkpointed."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-    from torch.utils.data import DataLoader
-
-    from dao.data.dataset import BucketBatchSampler, CrystalDataset, collate
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_ds, val_ds = CrystalDataset(train), CrystalDataset(val)
-    import functools
-
     collate_fn = functools.partial(collate, label_key=getattr(model, "label_key", "e_above_hull"))
     train_sampler = BucketBatchSampler(train_ds.sizes, cfg.batch_size, seed=cfg.seed)
     # the loaders get their own generator: creating an iterator must not draw from the global RNG (exact resume)
@@ -256,7 +213,7 @@ def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal]
                         collate_fn=collate_fn, num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(cfg.seed)) if len(val_ds) else None
     meta = dict(meta or {})
-    meta.update({"train_config": asdict(cfg), "num_train": len(train_ds), "num_val": len(val_ds),
+    meta.update({"train_config": cfg.to_dict(), "num_train": len(train_ds), "num_val": len(val_ds),
                  "max_atoms_seen": int(train_ds.sizes.max()) if len(train_ds) else 0})
     (out_dir / "run.json").write_text(json.dumps(meta, indent=2, default=str))
     module = DAOModule(model, cfg, out_dir, meta, train_sampler)
@@ -273,9 +230,74 @@ def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal]
     )
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
-    import warnings
-
     with warnings.catch_warnings():  # the module restores the position inside the epoch itself
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     return out_dir / "model.pt"
+
+
+def _read_training_data(data: Sequence[str | Path], val: Sequence[str | Path], exclude: Sequence[str | Path],
+                        tcfg: TrainConfig) -> tuple[list[Crystal], list[Crystal], dict]:
+    """Training and validation crystals within the config's size limits, without anything matching
+    ``exclude`` (same id or same structure); the report says what was read, skipped and removed."""
+    crystals, report = load_crystals(data, tcfg.min_atoms, tcfg.max_atoms)
+    val_crystals = load_crystals(val, tcfg.min_atoms, tcfg.max_atoms)[0] if val else []
+    excluded: list[Crystal] = []
+    for p in exclude:
+        excluded += read_any(p)[0]
+    if excluded:
+        crystals, removed = remove_overlap(crystals, excluded)
+        report["removed_overlapping_excluded"] = removed
+    if not crystals:
+        raise DAOError("no training structures left after reading and filtering")
+    return crystals, val_crystals, report
+
+
+def _build_model(kind: str, cfg: dict, tcfg: TrainConfig, crystals: Sequence[Crystal], method: str | None,
+                 init: str | None) -> torch.nn.Module:
+    """A fresh model of ``kind`` sized from the data (initial weights seeded by train.seed), or the weights
+    and model config of the checkpoint ``init``."""
+    if init is not None:
+        model = load_model(init, kind).train()
+        if method is not None and method != getattr(model, "method", method):
+            raise DAOError(f"--method {method}, but --init {init} is a {model.method} model")
+        return model
+    if method is not None:
+        cfg["method"] = method
+    torch.manual_seed(tcfg.seed)  # the seed governs the initial weights too
+    return model_class(kind).from_training_data(cfg, crystals)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def train_model(kind: str, data: Sequence[str | Path], out: str | Path, *, val: Sequence[str | Path] = (),
+                exclude: Sequence[str | Path] = (), config: str | Path | None = None, resume: bool = True,
+                seed: int | None = None, device: str = "auto", devices: int | str = "auto", num_nodes: int = 1,
+                max_time: str | None = None, method: str | None = None, init: str | None = None,
+                log: Callable[[str], None] = _stderr) -> Path:
+    """Everything ``dao train generator|energy`` does; returns the path of the exported ``model.pt``.
+
+    Reads the YAML ``config`` (``seed`` and ``max_time`` override its train section; the whole config is
+    checked before anything is read or written), reads and filters ``data``/``val``, drops training entries
+    matching ``exclude``, builds the model of ``kind`` (or starts from checkpoint ``init``; ``method``:
+    "diffusion" or "flow" for generators) and fits it into ``out``. Progress lines go to ``log``.
+    """
+    cfg = load_config(config)
+    overrides = {k: v for k, v in (("seed", seed), ("max_time", max_time)) if v is not None}
+    tcfg = TrainConfig.from_dict({**(cfg.get("train") or {}), **overrides})
+    crystals, val_crystals, report = _read_training_data(data, val, exclude, tcfg)
+    model = _build_model(kind, cfg, tcfg, crystals, method, init)
+    log(f"training {MODEL_NAMES.get(kind, kind)} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
+        f"parameters) on {len(crystals)} crystals, validating on {len(val_crystals)}")
+    energy_cfg = getattr(model.config, "energy", None)
+    if energy_cfg is not None:
+        log(f"  energy labels: {energy_cfg.num_labels} of {len(crystals)} training crystals; standardised "
+            f"with mean {energy_cfg.mean:.4f}, std {energy_cfg.std:.4f} eV/atom")
+    meta = {"data": [str(p) for p in data], "val": [str(p) for p in val], "exclude": [str(p) for p in exclude],
+            "data_report": report, "command": " ".join(sys.argv), "init": init}
+    path = fit(model, crystals, val_crystals, tcfg, out, resume=resume, device=resolve_device(device).type,
+               devices=devices, num_nodes=num_nodes, meta=meta)
+    log(f"model written to {path}")
+    return path

@@ -1,0 +1,49 @@
+"""Option types and decorators shared by several ``dao`` commands."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable)
+
+#: the ``--device`` choice of every command that runs a model
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+_TRAIN_OPTIONS = [
+    click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+                 help="Training structures: CSV(.gz) in DiffCSP format, CIF folder or extxyz. Repeatable."),
+    click.option("--val", "val", multiple=True, type=click.Path(path_type=Path), help="Validation structures (repeatable)."),
+    click.option("--exclude", multiple=True, type=click.Path(path_type=Path),
+                 help="Held-out structures: matching training entries (same id or same structure) are dropped."),
+    click.option("--config", type=click.Path(path_type=Path), help="YAML with model/diffusion/train sections."),
+    click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory."),
+    click.option("--resume/--no-resume", default=True, show_default=True,
+                 help="Continue from OUT/checkpoints/last.ckpt if present."),
+    click.option("--seed", type=int, default=None, help="Overrides train.seed of the config."),
+    click.option("--device", type=DEVICE, default="auto", show_default=True),
+    click.option("--devices", default="auto", show_default=True, help="GPUs (or CPU processes) per node."),
+    click.option("--num-nodes", type=int, default=1, show_default=True),
+    click.option("--max-time", default=None, help="Wall-clock budget DD:HH:MM:SS (overrides config)."),
+    click.option("--init", "init", default=None,
+                 help="Start from this checkpoint's weights and model config (stage II, finetuning); the train "
+                      "section still comes from --config."),
+]
+
+
+def train_options(f: F) -> F:
+    """The options shared by ``dao train generator`` and ``dao train energy``."""
+    for option in reversed(_TRAIN_OPTIONS):
+        f = option(f)
+    return f
+
+
+def echo_error(message: str) -> None:
+    """Report one unreadable input as a ``dao: error:`` line on stderr (the command goes on)."""
+    click.echo(f"dao: error: {message}", err=True)
+
+
+def echo_stderr(message: str) -> None:
+    """A progress or status line on stderr (stdout is for results)."""
+    click.echo(message, err=True)

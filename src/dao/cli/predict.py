@@ -1,0 +1,102 @@
+"""``dao predict``, ``dao benchmark`` and ``dao info``: sampling with DAO-G and describing checkpoints."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dao.cli.options import DEVICE
+from dao.errors import DAOError
+
+
+def default_out(formula: str) -> Path:
+    """``predictions/<formula>`` with only the formula's letters, digits and parentheses."""
+    if not formula.strip():
+        return Path("predictions")
+    return Path("predictions") / "".join(ch for ch in formula if ch.isalnum() or ch in "()")
+
+
+@click.command("predict")
+@click.argument("formula")
+@click.option("-n", "--num-samples", "n", type=click.IntRange(1, 10000), default=5, show_default=True,
+              help="Structures to generate per cell.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: predictions/<formula>).")
+@click.option("--atoms", type=click.IntRange(1), default=None, help="Atoms per cell (a multiple of the reduced formula).")
+@click.option("--max-atoms", type=click.IntRange(1), default=None,
+              help="Enumerate every cell multiple Z of the reduced formula up to this many atoms.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(2), default=None,
+              help="Sampling steps (default: the model's full schedule, diffusion.num_steps in `dao info`).")
+@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint (model.pt), 'default', 'default-diffusion' or 'default-flow'.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--energy-model", default=None,
+              help="DAO-P checkpoint (or 'default') for energy-guided sampling; same diffusion schedule as --model.")
+@click.option("--guidance-scale", type=float, default=None,
+              help="Energy-guidance scale s (needs --energy-model; default 20, the published value).")
+@click.option("--method", type=click.Choice(["diffusion", "flow"]), default=None,
+              help="With --model default: the bundled generator of this kind; with a checkpoint: require that kind.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
+def predict(formula: str, n: int, out: Path | None, atoms: int | None, max_atoms: int | None, seed: int,
+            steps: int | None, model: str, device: str, batch_size: int, progress: bool, energy_model: str | None,
+            guidance_scale: float | None, method: str | None, compile_: bool) -> None:
+    """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
+    from dao.prediction import run_predict
+
+    if out is None:
+        out = default_out(formula)
+    summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                          energy_model=energy_model, guidance_scale=guidance_scale, method=method,
+                          compile=compile_)
+    for rec in summary["samples"]:
+        if "error" in rec:
+            click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
+        else:
+            lat = rec["lattice"]
+            click.echo(f"  {rec['cif']}: {rec['space_group']['symbol']} (#{rec['space_group']['number']}), "
+                       f"a={lat['a']:.3f} b={lat['b']:.3f} c={lat['c']:.3f} Å, V={lat['volume']:.1f} Å³")
+    click.echo(f"wrote {summary['num_written']} structures to {out} in {summary['seconds']:.1f} s")
+
+
+@click.command("benchmark")
+@click.option("--split", type=click.Path(path_type=Path), required=True, help="CSP split CSV (DiffCSP format).")
+@click.option("--model", default="default", show_default=True, help="DAO-G checkpoint, 'default', 'default-diffusion' or 'default-flow'.")
+@click.option("-k", "k", type=click.IntRange(1), default=1, show_default=True, help="Samples per composition.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N rows of the split.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (resumable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(2), default=None, help="Sampling steps (default: the model's).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Evaluation processes.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
+def benchmark(split: Path, model: str, k: int, limit: int | None, out: Path, seed: int, steps: int | None,
+              device: str, batch_size: int, workers: int, progress: bool, compile_: bool) -> None:
+    """Generate k structures for every composition of a split, then score them (as `dao evaluate`)."""
+    from dao.benchmark import run_benchmark
+
+    if not split.is_file():
+        raise DAOError(f"split file not found: {split}")
+    s = run_benchmark(split, model, k, out, limit, seed, steps, device, batch_size, workers, progress, compile=compile_)
+    g = s["generation"]
+    click.echo(json.dumps({key: s.get(key) for key in ("n_references", "match_rate", "rmse", "match_rate_unfiltered",
+                                                      "rmse_unfiltered")} | {"seconds_per_structure": g["seconds_per_structure_this_run"]}))
+
+
+@click.command("info")
+@click.option("--model", default="default", show_default=True, help="Checkpoint to describe.")
+def info(model: str) -> None:
+    """Describe a checkpoint: kind, config, size limits, training data and metrics (JSON)."""
+    from dao.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(model)
+    n_params = sum(v.numel() for v in ckpt["state_dict"].values())
+    meta = {k: v for k, v in ckpt.get("meta", {}).items() if k not in ("data_report",)}
+    click.echo(json.dumps({"path": ckpt["path"], "kind": ckpt["kind"], "parameters": n_params,
+                           "config": ckpt["config"], "meta": meta}, indent=2, default=str))
