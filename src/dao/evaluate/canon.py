@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pymatgen.core import Composition, Element, Lattice, Structure
+from pymatgen.core import Lattice, Structure
 
-from dao.evaluate.validity import composition_validity, reduced_composition, validity_detail
+from dao.evaluate.validity import composition_validity, validity_detail
+from dao.formula import reduced_composition
 
 if TYPE_CHECKING:
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -109,11 +110,6 @@ def canonical_slot(sample: Any) -> Canon | tuple[str, str] | Any:
 def to_structure(c: Canon) -> Structure:
     """The pymatgen structure of a canonical view (what the matcher and the energy scorer see)."""
     return Structure(Lattice(c.matrix), list(c.numbers), c.frac, coords_are_cartesian=False)
-
-
-def formula(comp: Comp) -> str:
-    """Reduced formula (pymatgen's) of a reduced composition."""
-    return Composition({Element.from_Z(z): n for z, n in comp}).reduced_formula
 
 
 def validity(c: Canon) -> dict[str, Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
@@ -17,8 +17,12 @@ from dao.data.records import read_csv_table as _read_csv
 from dao.data.records import record_from_row, record_id
 from dao.evaluate.canon import MISSING
 
+if TYPE_CHECKING:
+    from ase import Atoms
+
 _MAX_EXAMPLES = 20
 _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<sample>\d+)$")
+Entry = tuple[int, int | None, Structure | None, str]  # (row, sample or None = next free, structure, source)
 
 
 def _parse_cif(text: str) -> Structure:
@@ -56,6 +60,8 @@ def load_references(csv_path: str | Path) -> tuple[list[Structure], list[str]]:
 
 @dataclass
 class LoadReport:
+    """What reading predictions found: entries, unreadable ones, ones naming no reference row, duplicates."""
+
     format: str
     n_entries: int = 0
     n_unreadable: int = 0
@@ -75,7 +81,7 @@ class LoadReport:
         self.n_unassigned += 1
         self.note("unassigned", name)
 
-    def parse(self, name: str, parse, source) -> Structure | None:
+    def parse(self, name: str, parse: Callable[[Any], Structure], source: Any) -> Structure | None:
         """``parse(source)``, or ``None`` with the entry counted and noted as unreadable."""
         try:
             return parse(source)
@@ -121,7 +127,7 @@ class _Resolver:
         return j
 
 
-def _assemble(entries: list[tuple[int, int | None, Structure | None, str]], report: LoadReport
+def _assemble(entries: list[Entry], report: LoadReport
               ) -> dict[int, list[Any]]:
     """entries: (row, sample or None = next free, structure or None, source name)."""
     by_row: dict[int, dict[int, Any]] = {}
@@ -150,7 +156,7 @@ def _assemble(entries: list[tuple[int, int | None, Structure | None, str]], repo
     return out
 
 
-def _load_cif_dir(path: Path, res: _Resolver, report: LoadReport) -> list:
+def _load_cif_dir(path: Path, res: _Resolver, report: LoadReport) -> list[Entry]:
     entries = []
     for f in sorted(path.iterdir()):
         if not (f.is_file() and f.suffix.lower() == ".cif"):
@@ -172,14 +178,14 @@ def _load_cif_dir(path: Path, res: _Resolver, report: LoadReport) -> list:
     return entries
 
 
-def _atoms_to_structure(atoms) -> Structure:
+def _atoms_to_structure(atoms: Atoms) -> Structure:
     cell = np.asarray(atoms.cell.array, dtype=float)
     if not all(atoms.pbc) or abs(np.linalg.det(cell)) < 1e-12:
         raise ValueError("frame is not a periodic crystal (pbc or cell missing)")
     return Structure(Lattice(cell), [int(z) for z in atoms.numbers], atoms.positions, coords_are_cartesian=True)
 
 
-def _load_extxyz(path: Path, res: _Resolver, report: LoadReport, k: int | None) -> list:
+def _load_extxyz(path: Path, res: _Resolver, report: LoadReport, k: int | None) -> list[Entry]:
     from ase.io import iread
 
     frames = []
@@ -229,7 +235,7 @@ def _load_extxyz(path: Path, res: _Resolver, report: LoadReport, k: int | None) 
     return entries
 
 
-def _load_csv(path: Path, res: _Resolver, report: LoadReport) -> list:
+def _load_csv(path: Path, res: _Resolver, report: LoadReport) -> list[Entry]:
     try:
         fields, rows = _read_csv(path)
     except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
@@ -262,6 +268,7 @@ def _load_csv(path: Path, res: _Resolver, report: LoadReport) -> list:
 
 def load_predictions_with_report(path: str | Path, reference_ids: Sequence[str], k: int | None = None
                                  ) -> tuple[dict[int, list[Any]], LoadReport]:
+    """:func:`load_predictions` and a :class:`LoadReport` of what was read, skipped and unassigned."""
     path = Path(path)
     res = _Resolver(reference_ids)
     name = path.name.lower()

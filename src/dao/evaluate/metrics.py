@@ -18,7 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from dao.constants import STABILITY_THRESHOLD
-from dao.evaluate.canon import POLYMORPH_RANGE, formula
+from dao.evaluate.canon import POLYMORPH_RANGE
+from dao.formula import formula_of
 from dao.evaluate.table import GATED_RANK, UNFILTERED_RANK, SampleTable
 
 Metric = Callable[[SampleTable], dict[str, Any]]
@@ -138,7 +139,7 @@ def polymorph_recovery(table: SampleTable) -> dict[str, Any]:
         ok_u = all(bool(g.hits.get(r)) for r in g.polymorph_rows)
         n_rec_g += ok_g
         n_rec_u += ok_u
-        rows.append({"formula": formula(g.comp), "n_rows": len(g.rows), "n_polymorphs": len(g.polymorph_rows),
+        rows.append({"formula": formula_of(g.comp), "n_rows": len(g.rows), "n_polymorphs": len(g.polymorph_rows),
                      "polymorph_rows": g.polymorph_rows, "recovered": ok_g, "recovered_unfiltered": ok_u})
     n = len(table.polymorphs)
     return {"polymorph_recovery": {

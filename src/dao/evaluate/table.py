@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dao.evaluate.canon import MISSING, Canon, Comp, formula
+from dao.evaluate.canon import MISSING, Canon, Comp
+from dao.formula import formula_of as formula
 
 # row-level miss reasons, from least to most progress (a row reports its most advanced sample)
 GATED_RANK = {"missing": 0, "unreadable": 1, "invalid": 2, "wrong_composition": 3, "no_match": 4, "match": 5}

@@ -26,13 +26,13 @@ matminer and only bites on degenerate structures.
 from __future__ import annotations
 
 import itertools
-import math
 from functools import lru_cache
 
 import numpy as np
 from pymatgen.core import Element, Structure
 
 from dao.constants import MIN_DISTANCE  # Å, DiffCSP structure_validity cutoff
+from dao.formula import reduced_composition
 
 MIN_VOLUME = 0.1  # Å^3
 MAX_OX_COMBINATIONS = 1e7  # DiffCSP: `if oxn > 1e7: return False`
@@ -107,13 +107,6 @@ def smact_validity(symbols: tuple[str, ...], counts: tuple[int, ...]) -> bool:
         if _pauling_ok(ox_states, enegs):
             return True
     return False
-
-
-def reduced_composition(numbers: np.ndarray | list[int]) -> tuple[tuple[int, int], ...]:
-    """((Z, count), ...) sorted by Z with counts divided by their gcd."""
-    zs, cnt = np.unique(np.asarray(numbers, dtype=np.int64), return_counts=True)
-    g = math.gcd(*(int(c) for c in cnt)) if len(cnt) else 1
-    return tuple((int(z), int(c) // g) for z, c in zip(zs, cnt))
 
 
 def composition_validity(numbers: np.ndarray | list[int]) -> bool:
