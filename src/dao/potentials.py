@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Hashable, Protocol, Sequence
 import numpy as np
 
 from dao.cell import niggli_transform
+from dao.crystal import CrystalBatch
 from dao.errors import DAOError
 
 if TYPE_CHECKING:
@@ -122,8 +123,6 @@ class DAOPotential:
 
     def compute(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult | Exception]:
         import torch
-
-        from dao.crystal import CrystalBatch
 
         out: list[PotentialResult | Exception | None] = [None] * len(items)
         good = []

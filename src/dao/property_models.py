@@ -14,7 +14,7 @@ import numpy as np
 from dao.crystal import Crystal
 from dao.models.checkpoint import load_checkpoint, load_generator, resolve_model_path
 from dao.prediction import guidance_for
-from dao.property import load_property_models, predict_property, run_property
+from dao.property import ensemble_predictions, load_property_models, run_property
 from dao.relax import read_inputs, report_unreadable
 from dao.runtime import resolve_device
 from dao.superconductors import predict_tc
@@ -23,7 +23,7 @@ from dao.train_config import load_config
 
 def ensemble_predict(models: Sequence, crystals: Sequence[Crystal], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Per-structure mean and standard deviation of the predictions of several property models."""
-    per_model = np.array([predict_property(m, crystals, batch_size) for m in models])  # (models, structures)
+    per_model = ensemble_predictions(models, crystals, batch_size)  # (models, structures)
     return per_model.mean(axis=0), per_model.std(axis=0)
 
 
