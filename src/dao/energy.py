@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dao.data.readers import read_inputs, report_unreadable
 from dao.models.checkpoint import load_energy_model
 from dao.models.energy import predict_energies
-from dao.relax import read_inputs, report_unreadable
 from dao.runtime import resolve_device
 from dao.structure_io import atomic_write_text
 

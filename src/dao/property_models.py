@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dao.crystal import Crystal
+from dao.data.readers import read_inputs, report_unreadable
 from dao.models.checkpoint import load_checkpoint, load_generator, resolve_model_path
 from dao.prediction import guidance_for
 from dao.property import ensemble_predictions, load_property_models, run_property
-from dao.relax import read_inputs, report_unreadable
 from dao.runtime import resolve_device
 from dao.superconductors import predict_tc
 from dao.train_config import load_config
