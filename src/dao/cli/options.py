@@ -6,10 +6,14 @@ from typing import Callable, TypeVar
 
 import click
 
+from dao.diffusion.registry import methods
+
 F = TypeVar("F", bound=Callable)
 
 #: the ``--device`` choice of every command that runs a model
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
+#: the ``--method`` choice: every registered generative process (dao.diffusion.registry), e.g. diffusion, flow
+METHOD = click.Choice(methods())
 
 _TRAIN_OPTIONS = [
     click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE
+from dao.cli.options import DEVICE, METHOD
 from dao.errors import DAOError
 
 
@@ -37,7 +37,7 @@ def default_out(formula: str) -> Path:
               help="DAO-P checkpoint (or 'default') for energy-guided sampling; same diffusion schedule as --model.")
 @click.option("--guidance-scale", type=float, default=None,
               help="Energy-guidance scale s (needs --energy-model; default 20, the published value).")
-@click.option("--method", type=click.Choice(["diffusion", "flow"]), default=None,
+@click.option("--method", type=METHOD, default=None,
               help="With --model default: the bundled generator of this kind; with a checkpoint: require that kind.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dao.cli.options import DEVICE, echo_stderr, train_options
+from dao.cli.options import DEVICE, METHOD, echo_stderr, train_options
 from dao.errors import DAOError
 
 
@@ -29,7 +29,7 @@ def _devices(value: str) -> int | str:
 
 @train.command("generator")
 @train_options
-@click.option("--method", type=click.Choice(["diffusion", "flow"]), default=None,
+@click.option("--method", type=METHOD, default=None,
               help="Diffusion (default; docs/design.md, 'Diffusion (DAO-G)') or flow matching; overrides "
                    "`method:` of the config.")
 def train_generator(devices: str, **options: Any) -> None:
