@@ -144,6 +144,11 @@ def predict_property(model: Any, crystals: Sequence[Crystal], batch_size: int = 
     return np.mean([_predict(m.eval(), crystals, batch_size) for m in models], axis=0)
 
 
+def ensemble_predictions(models: Sequence[Any], crystals: Sequence[Crystal], batch_size: int = 64) -> np.ndarray:
+    """Every model's predictions (e.g. a ``dao train property`` folder's fold models): (models, structures)."""
+    return np.array([_predict(m.eval(), crystals, batch_size) for m in models])
+
+
 def _train_one(cfg: dict, train: list, val: list, target: str, init: str | None, out: Path, device: str,
                progress: bool):
     import torch
