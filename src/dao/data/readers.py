@@ -46,7 +46,10 @@ def read_file(path: str | Path, rdr: Reader, use_cache: bool = True,
         raise StructureReadError(f"no such file: {path}")
     if rdr.cached and use_cache:
         return cached_read(path, lambda: _read(path, rdr, progress))
-    return _read(path, rdr, progress)
+    crystals, skipped = _read(path, rdr, progress and not rdr.per_file)
+    if rdr.per_file and path.is_file() and skipped and not crystals:  # a single-structure file that fails
+        raise StructureReadError(skipped[0][1] if str(path.name) in skipped[0][1] else f"{path}: {skipped[0][1]}")
+    return crystals, skipped
 
 
 def read_csv(path: str | Path, use_cache: bool = True, progress: bool = False) -> tuple[list[Crystal], Skipped]:
