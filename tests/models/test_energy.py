@@ -190,3 +190,32 @@ def test_train_energy_cli_exports_a_dao_p(tmp_path):
     assert "energy" in model.backbone.cfg.heads_out
     run = json.loads((out / "run.json").read_text())
     assert run["num_train"] == 5
+
+
+def test_dao_p_pairs_with_any_process():
+    """DAO-P is a DAO-G of any registered method plus the energy head: a flow-trained DAO-P trains, guides a
+    flow generator (at t = 0 on the endpoint), and is refused by a diffusion generator, whose t it cannot read."""
+    from dao.diffusion.flow_matching import FlowConfig
+    from dao.diffusion.guidance import energy_guidance
+    from dao.models.energy import EnergyConfig, EnergyHeadConfig
+    from dao.models.generator import DAOGenerator, GeneratorConfig
+    from dao.nn.crysformer import CrysformerConfig
+
+    small = CrysformerConfig(hidden=16, layers=1, heads=2, num_freqs=4, time_dim=8)
+    torch.manual_seed(0)
+    p_flow = DAOEnergyModel(EnergyConfig(model=small, method="flow", process=FlowConfig(num_steps=3),
+                                         energy=EnergyHeadConfig(mean=0.05, std=0.04, num_labels=5)))
+    batch = CrystalBatch.from_crystals(labelled_crystals([0.0, 0.1, 0.05]), energy_key="e_above_hull")
+    losses = p_flow.loss(batch)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss_energy"]) and float(losses["loss_energy"]) > 0
+    assert {"loss_lattice", "loss_coord"} <= set(losses)
+    flow_gen = DAOGenerator(GeneratorConfig(small, method="flow", process=FlowConfig(num_steps=3))).eval()
+    template = CrystalBatch.from_compositions([[11, 17]])
+    guided = flow_gen.sample(template, guidance=energy_guidance(flow_gen, p_flow.eval(), 5.0),
+                             generator=torch.Generator().manual_seed(0))
+    plain = flow_gen.sample(template, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(guided.lattice, plain.lattice)
+    diffusion_gen = DAOGenerator(GeneratorConfig(small)).eval()
+    with pytest.raises(DAOError, match="not trained with a diffusion schedule"):
+        energy_guidance(diffusion_gen, p_flow)
