@@ -29,3 +29,42 @@ def test_cell_enumeration():
         cells_to_generate("SrTiO3", 20, atoms=7)
     with pytest.raises(FormulaError, match="either"):
         cells_to_generate("SrTiO3", 20, atoms=5, max_atoms=10)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("NaCl0", "zero count"),  # pymatgen dropped Cl: pure Na
+    ("Fe1e-400O", "exponent"),  # underflow to 0 dropped Fe
+    ("Fe1e400O", "exponent"),  # OverflowError traceback
+    ("Na@Cl", "unexpected character '@'"),  # junk was ignored: NaCl
+    ("D2O", "D is an isotope; write H"),  # D was silently read as H
+    ("T2O", "T is an isotope; write H"),
+    ("NaCl\uff12", "non-ASCII digit"),  # fullwidth 2 read as a count
+    ("Na\u00b9Cl", "non-ASCII digit"),  # superscript 1
+    ("Fe 2", "follows no element"),
+    ("Fe2(O", "unclosed '\\('"),
+    ("Fe2]", "unmatched"),
+    ("(Fe]2", "unmatched"),
+    ("()2", "empty brackets"),
+    ("Fe.", "stray '.'"),
+    ("Fe10001", "more than 10000 atoms"),
+    ("Fe" + "9" * 5000, "more than 10000 atoms"),  # int() of 5000 digits raises ValueError
+    ("(" * 50 + "Fe" + ")9" * 50, "more than 10000 atoms"),
+    ("(" * 100_000 + "Fe" + ")" * 100_000 + "O", None),  # deep nesting: no RecursionError
+])
+def test_strict_grammar_rejects_what_pymatgen_accepted(text, needle):
+    if needle is None:
+        assert parse_formula(text).counts == (("Fe", 1), ("O", 1))
+        return
+    with pytest.raises(FormulaError, match=needle) as info:
+        parse_formula(text)
+    assert len(str(info.value)) < 300  # long inputs are shortened in the message
+
+
+def test_grammar_accepts_groups_spaces_and_fractional_groups():
+    assert parse_formula("[Cu(NH3)4]SO4").counts == (("Cu", 1), ("N", 4), ("H", 12), ("S", 1), ("O", 4))
+    assert parse_formula("Na4 Cl4").counts == (("Na", 4), ("Cl", 4))
+    assert parse_formula(" NaCl\t").formula == "NaCl"
+    assert parse_formula("(Fe0.5)2O").counts == (("Fe", 1), ("O", 1))
+    assert parse_formula("Fe2Es").counts == (("Fe", 2), ("Es", 1))  # 'E' after a count is an element, not an exponent
+    assert parse_formula("NaClNa").counts == (("Na", 2), ("Cl", 1))
+    assert parse_formula("Fe10000").num_atoms == 10000

@@ -11,3 +11,12 @@ ID_COLUMNS = ("material_id", "id", "name")
 EHULL_COLUMNS = ("e_above_hull", "energy_above_hull", "e_hull")
 #: atoms closer than this (Å) make a structure invalid (DiffCSP's structure-validity cutoff)
 MIN_DISTANCE = 0.5
+#: most atoms a typed formula may describe (checked while parsing, before anything is built)
+MAX_FORMULA_ATOMS = 10_000
+#: sane cells (checked before any lattice reduction, which can run for minutes on degenerate cells):
+#: volume per atom (Å³) within [MIN_VOLUME_PER_ATOM, MAX_VOLUME_PER_ATOM], lattice lengths ≤ MAX_CELL_LENGTH Å,
+#: every lattice angle and the smallest |sin| of the three angles ≥ sin(MIN_CELL_ANGLE°)
+MIN_VOLUME_PER_ATOM = 0.1
+MAX_VOLUME_PER_ATOM = 1.0e4
+MAX_CELL_LENGTH = 1.0e3
+MIN_CELL_ANGLE = 5.0

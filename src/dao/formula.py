@@ -6,17 +6,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import reduce
+from fractions import Fraction
+from functools import cache, reduce
 from math import gcd
 from typing import TYPE_CHECKING
 
-from dao.constants import MAX_Z
+from dao.constants import MAX_FORMULA_ATOMS, MAX_Z
 from dao.errors import FormulaError
 
 if TYPE_CHECKING:
     from pymatgen.core import Composition, Structure
 
-_TOKEN = re.compile(r"([A-Z][a-z]*)")
+_ELEMENT = re.compile(r"[A-Z][a-z]*")
+_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<exp>[eE][+-]?[0-9]+)?")
+_CLOSE = {"(": ")", "[": "]"}
+_ISOTOPES = ("D", "T")
 _FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+(.+)$", re.MULTILINE)
 
 
@@ -53,30 +57,127 @@ class CellComposition:
 
 
 def parse_formula(text: str) -> CellComposition:
-    """Parse a formula as typed ('CsV3Sb5', 'Cs2V6Sb10', 'Ba(FeAs)2'); Z is the multiple of its reduced form."""
-    from pymatgen.core import Composition, Element
+    """Parse a formula as typed ('CsV3Sb5', 'Cs2V6Sb10', 'Ba(FeAs)2'); Z is the multiple of its reduced form.
 
+    The grammar is strict (see :func:`_amounts`); anything else is a :class:`FormulaError` naming the problem.
+    """
     text = (text or "").strip()
     if not text:
         raise FormulaError("empty formula")
-    for sym in _TOKEN.findall(text):
-        if not Element.is_valid_symbol(sym):
-            raise FormulaError(f"unknown element {sym!r} in formula {text!r}")
-    try:
-        comp = Composition(text)
-    except Exception:
-        raise FormulaError(f"cannot parse formula {text!r}") from None
-    if len(comp) == 0:
-        raise FormulaError(f"formula {text!r} contains no atoms")
+    amounts = _amounts(text)
+    if not amounts:
+        raise FormulaError(f"formula {_q(text)} contains no atoms")
+    table = _element_numbers()
     counts = []
-    for el, amt in comp.items():
-        if abs(amt - round(amt)) > 1e-8 or round(amt) < 1:
-            raise FormulaError(f"formula {text!r} has a non-integer amount of {el} ({amt:g}); give whole atoms per cell")
-        if el.Z > MAX_Z:
-            raise FormulaError(f"element {el.symbol} (Z={el.Z}) is not supported (Z ≤ {MAX_Z})")
-        counts.append((el.symbol, int(round(amt))))
+    for el, amt in amounts.items():
+        if amt.denominator != 1:
+            raise FormulaError(f"formula {_q(text)} has a non-integer amount of {el} ({float(amt):g}); "
+                               "give whole atoms per cell")
+        if table[el] > MAX_Z:
+            raise FormulaError(f"element {el} (Z={table[el]}) is not supported (Z ≤ {MAX_Z})")
+        counts.append((el, int(amt)))
     z = reduce(gcd, [n for _, n in counts])
     return CellComposition(tuple(counts), z)
+
+
+def _amounts(text: str) -> dict[str, Fraction]:
+    """Element amounts of a formula, in order of first appearance.
+
+    Grammar: a sequence of element symbols (``[A-Z][a-z]*``, a real element) and groups ``( … )`` or
+    ``[ … ]``, each optionally followed directly by a count: ASCII digits, optionally with a decimal part
+    (a fractional count is rejected later as non-integer). Spaces and tabs may separate tokens ('Na4 Cl4')
+    but not a count from what it multiplies ('Fe 2' is an error). Zero counts, exponents, non-ASCII digits,
+    isotope symbols (D, T), any other character and more than MAX_FORMULA_ATOMS atoms are errors.
+    """
+    stack: list[dict[str, Fraction]] = [{}]
+    opens: list[tuple[str, int]] = []
+    last: dict[str, Fraction] | None = None  # what a count right here would multiply
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in " \t":
+            last, i = None, i + 1
+        elif "A" <= ch <= "Z":
+            sym = _ELEMENT.match(text, i).group(0)
+            _check_symbol(sym, text)
+            last = {sym: Fraction(1)}
+            _merge(stack[-1], last, 1, text)
+            i += len(sym)
+        elif ch in "0123456789.":
+            m = _NUMBER.match(text, i)
+            if m is None:
+                raise FormulaError(f"cannot parse formula {_q(text)}: stray '.' at position {i}")
+            _merge(stack[-1], last or {}, _count(m, last, text) - 1, text)
+            last, i = None, m.end()
+        elif ch in "([":
+            stack.append({})
+            opens.append((ch, i))
+            last, i = None, i + 1
+        elif ch in ")]":
+            if not opens or _CLOSE[opens.pop()[0]] != ch:
+                raise FormulaError(f"cannot parse formula {_q(text)}: unmatched {ch!r} at position {i}")
+            last = stack.pop()
+            if not last:
+                raise FormulaError(f"cannot parse formula {_q(text)}: empty brackets before position {i}")
+            _merge(stack[-1], last, 1, text)
+            i += 1
+        else:
+            raise FormulaError(f"cannot parse formula {_q(text)}: {_describe(ch)} at position {i}")
+    if opens:
+        raise FormulaError(f"cannot parse formula {_q(text)}: unclosed {opens[-1][0]!r} at position {opens[-1][1]}")
+    return stack[0]
+
+
+def _check_symbol(sym: str, text: str) -> None:
+    if sym in _ISOTOPES:
+        raise FormulaError(f"{sym} is an isotope; write H (formula {_q(text)})")
+    if sym not in _element_numbers():
+        raise FormulaError(f"unknown element {sym!r} in formula {_q(text)}")
+
+
+def _count(m: re.Match, last: dict[str, Fraction] | None, text: str) -> Fraction:
+    """The count matched by ``m``: positive, small, and right after an element or a group."""
+    digits = m.group(0)
+    if last is None:
+        raise FormulaError(f"cannot parse formula {_q(text)}: count {digits} at position {m.start()} follows no "
+                           "element or group (write counts right after what they multiply)")
+    if m.group("exp"):
+        raise FormulaError(f"cannot parse formula {_q(text)}: exponent in count {digits!r}; write plain digits")
+    if len(digits.split(".")[0].lstrip("0")) > len(str(MAX_FORMULA_ATOMS)):
+        raise FormulaError(f"formula {_q(text)} has more than {MAX_FORMULA_ATOMS} atoms")
+    value = Fraction(digits)
+    if value == 0:
+        raise FormulaError(f"formula {_q(text)} has a zero count ({digits!r} at position {m.start()}); "
+                           "leave the element out instead")
+    return value
+
+
+def _merge(into: dict[str, Fraction], amounts: Mapping[str, Fraction], times: Fraction | int, text: str) -> None:
+    for el, amt in amounts.items():
+        into[el] = into.get(el, Fraction(0)) + amt * times
+    if sum(into.values()) > MAX_FORMULA_ATOMS:
+        raise FormulaError(f"formula {_q(text)} has more than {MAX_FORMULA_ATOMS} atoms")
+
+
+def _describe(ch: str) -> str:
+    if ch.isdigit() or ch.isnumeric():
+        return f"non-ASCII digit {ch!r} (write counts with 0-9)"
+    if ch.isspace():
+        return f"unexpected whitespace {ch!r} (only spaces and tabs separate tokens)"
+    return f"unexpected character {ch!r}"
+
+
+def _q(text: str) -> str:
+    """The formula quoted for an error message, shortened when long."""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+@cache
+def _element_numbers() -> dict[str, int]:
+    """Symbol → atomic number of every real element (isotope pseudo-elements D and T excluded)."""
+    from pymatgen.core import Element
+
+    return {el.symbol: el.Z for el in Element if el.symbol not in _ISOTOPES}
 
 
 def cells_to_generate(formula: str, model_max_atoms: int, atoms: int | None = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from dao.cli.options import SEED
 from dao.constants import STABILITY_THRESHOLD
 from dao.data.crysdb.build import BuildConfig
 
@@ -100,7 +101,7 @@ def download(dataset: str, out: Path) -> None:
 @click.option("--guidance-scale", type=float, default=None)
 @click.option("--max-atoms", type=click.IntRange(1), default=None, help="Cell size limit (default: the generator's).")
 @click.option("--steps", type=click.IntRange(2), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def tc_augment(formulas: Path, excludes: tuple[Path, ...], out: Path, generator: str, energy_model: str | None,
                guidance_scale: float | None, max_atoms: int | None, steps: int | None, seed: int,

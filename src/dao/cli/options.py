@@ -14,6 +14,8 @@ F = TypeVar("F", bound=Callable)
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 #: the ``--method`` choice: every registered generative process (dao.diffusion.registry), e.g. diffusion, flow
 METHOD = click.Choice(methods())
+#: the ``--seed`` type of every command: 0 ≤ seed < 2**63 (what torch's and numpy's generators accept)
+SEED = click.IntRange(0, 2**63 - 1)
 
 _TRAIN_OPTIONS = [
     click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
@@ -25,7 +27,7 @@ _TRAIN_OPTIONS = [
     click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory."),
     click.option("--resume/--no-resume", default=True, show_default=True,
                  help="Continue from OUT/checkpoints/last.ckpt if present."),
-    click.option("--seed", type=int, default=None, help="Overrides train.seed of the config."),
+    click.option("--seed", type=SEED, default=None, help="Overrides train.seed of the config."),
     click.option("--device", type=DEVICE, default="auto", show_default=True),
     click.option("--devices", default="auto", show_default=True, help="GPUs (or CPU processes) per node."),
     click.option("--num-nodes", type=int, default=1, show_default=True),

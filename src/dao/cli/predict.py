@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE, METHOD
+from dao.cli.options import DEVICE, METHOD, SEED
 from dao.errors import DAOError
 
 
@@ -26,7 +26,7 @@ def default_out(formula: str) -> Path:
 @click.option("--atoms", type=click.IntRange(1), default=None, help="Atoms per cell (a multiple of the reduced formula).")
 @click.option("--max-atoms", type=click.IntRange(1), default=None,
               help="Enumerate every cell multiple Z of the reduced formula up to this many atoms.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(2), default=None,
               help="Sampling steps (default: the model's full schedule, diffusion.num_steps in `dao info`).")
 @click.option("--model", default="default", show_default=True, help="DAO-G checkpoint (model.pt), 'default', 'default-diffusion' or 'default-flow'.")
@@ -68,7 +68,7 @@ def predict(formula: str, n: int, out: Path | None, atoms: int | None, max_atoms
 @click.option("-k", "k", type=click.IntRange(1), default=1, show_default=True, help="Samples per composition.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N rows of the split.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (resumable).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(2), default=None, help="Sampling steps (default: the model's).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)

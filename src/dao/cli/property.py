@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE, echo_error
+from dao.cli.options import DEVICE, SEED, echo_error
 
 
 @click.command("tc")
@@ -18,7 +18,7 @@ from dao.cli.options import DEVICE, echo_error
 @click.option("--energy-model", default=None, help="DAO-P for energy-guided generation.")
 @click.option("--guidance-scale", type=float, default=None)
 @click.option("--steps", type=click.IntRange(2), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 def tc(formula: str, model: Path, n: int, generator: str, energy_model: str | None, guidance_scale: float | None,
        steps: int | None, seed: int, device: str) -> None:

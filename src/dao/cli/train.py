@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dao.cli.options import DEVICE, METHOD, echo_stderr, train_options
+from dao.cli.options import DEVICE, METHOD, SEED, echo_stderr, train_options
 from dao.errors import DAOError
 
 
@@ -63,7 +63,7 @@ def train_energy(devices: str, **options: Any) -> None:
 @click.option("--config", type=click.Path(path_type=Path), default=None,
               help="YAML with model, property (loss: l1|mse) and train sections.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Fold assignment and training seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Fold assignment and training seed.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also score a composition-only ridge regression on the same folds.")
