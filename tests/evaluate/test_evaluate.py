@@ -34,14 +34,12 @@ from dao.evaluate import canon, core
 from dao.evaluate import runner as task_runner
 from dao.evaluate.validity import smact_validity
 
+from tests.conftest import shared_data_dir
+
 warnings.filterwarnings("ignore")
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("DAO_DATA_DIR", "../shared/data"))
-
-
-MP20_VAL = data_dir() / "csp" / "mp_20" / "val.csv.gz"
+MP20_VAL = (shared_data_dir() or Path("shared-data-not-found")) / "csp" / "mp_20" / "val.csv.gz"
 needs_mp20 = pytest.mark.skipif(not MP20_VAL.is_file(),
                                 reason=f"shared data not found: {MP20_VAL} (set DAO_DATA_DIR)")
 
