@@ -89,3 +89,32 @@ def test_flow_generator_trains_exports_and_predicts(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["predict", "ZnO", "--model", str(out / "model.pt"), "--method", "diffusion", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_train_exclude_removes_every_excluded_structure_before_training(tmp_path):
+    """``dao train --exclude SPLIT``: training crystals matching an excluded one (by StructureMatcher, here a
+    rotated and translated copy under another id) never reach the model; the report counts them."""
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+
+    from dao.cli import main
+    from dao.models.checkpoint import load_checkpoint
+
+    structures = small_structures()
+    data = write_csv(tmp_path / "train.csv", structures)
+    nacl = structures["NaCl"]
+    rot = Lattice(nacl.lattice.matrix @ np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    moved = Structure(rot, nacl.species, (nacl.frac_coords + 0.3) % 1.0)
+    excluded = write_csv(tmp_path / "val.csv", {"NaCl-moved": moved, "ZnO": structures["ZnO"]})
+    excluded.write_text(excluded.read_text().replace("test-0", "val-0").replace("test-1", "val-1"))  # no shared ids
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.replace("STEPS", "1"))
+    out = tmp_path / "run"
+    main(["train", "generator", "--data", str(data), "--exclude", str(excluded), "--config", str(cfg),
+          "--out", str(out), "--device", "cpu"])
+    report = load_checkpoint(out / "model.pt")["meta"]["data_report"]
+    assert report["removed_overlapping_excluded"] == 2
+    with pytest.raises(SystemExit):  # excluding everything leaves nothing to train on: one clean error
+        main(["train", "generator", "--data", str(excluded), "--exclude", str(data), "--config", str(cfg),
+              "--out", str(tmp_path / "none"), "--device", "cpu"])
+    assert not (tmp_path / "none").exists()
