@@ -163,7 +163,8 @@ def test_relaxation_guard_stops_an_exploding_cell():
 
 def test_relaxation_with_a_random_dao_p_stays_finite(p_model):
     relaxed, rec = relax_atoms(rattled_atoms("CsCl"), DAOCalculator(p_model), steps=15, fmax=0.01)
-    assert rec["status"] in {"converged", "not_converged", "aborted"} and rec["steps"] <= 15
+    assert rec["status"] in {"converged", "not_converged"} and rec["steps"] <= 15  # no guard had to fire
+    assert rec["energy_final"] < rec["energy_initial"]  # and it went downhill
     assert all(math.isfinite(rec[k]) for k in ("energy_initial", "energy_final", "volume_final", "max_force", "max_stress"))
     assert 1 / 3 <= rec["volume_final"] / rec["volume_initial"] <= 3
 

@@ -119,7 +119,8 @@ def test_guards_stop_bad_structures_without_stopping_the_batch():
     pot = _Scripted({0: "ok", 1: "nan", 2: "raise", 3: "expand"})
     r = relax_batch(atoms, pot, steps=300, fmax=1e-4, max_volume_ratio=2.0)
     status = [x.record["status"] for x in r]
-    assert status[1:] == ["aborted", "error", "aborted"] and status[0] in {"converged", "not_converged"}
+    assert status == ["converged", "aborted", "error", "aborted"]
+    assert r[0].record["energy_final"] < 1e-6 < r[0].record["energy_initial"]  # the good one reached its minimum
     assert "non-finite" in r[1].record["reason"] and "neighbours" in r[2].record["reason"]
     assert "volume" in r[3].record["reason"] and r[3].atoms.get_volume() <= 2.0 * atoms[3].get_volume()
     assert np.isfinite(r[1].atoms.positions).all() and r[1].record["steps"] == 3  # last finite state kept
