@@ -41,6 +41,7 @@ for _command in (predict, benchmark, info, train, energy, tc, predict_property_c
     cli.add_command(_command)
 cli.add_command(data_group, "data")
 cli.add_command(evaluate_command, "evaluate")
+cli.add_command(__import__("dao.cli.templates", fromlist=["x"]).templates_group, "templates")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,155 @@
+"""TemplateIndex: known structures keyed by prototype, proposing substituted candidates (docs/templates.md).
+
+The prototype of a cell is its sorted site counts per element ((1, 2, 4) for A2BC4 with 7 sites). For a target
+cell, every index entry of the same prototype is a template; each admissible species assignment
+(:mod:`dao.templates.assign`) has a distance d under the element similarity ``similarity``, the template's
+score is exp(−d) of its best assignment, and the substituted structure's volume is the template's, scaled by
+the ratio of Σr³ (atomic radii) after and before substitution. Candidates come best first: the best
+assignment of each distinct template, then further assignments; a candidate that StructureMatcher-matches
+one already proposed (same space group of the template) is skipped.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from dao.candidates import Candidate
+from dao.formula import CellComposition, reduced_formula_of
+from dao.templates.assign import assignments, distance
+from dao.templates.build import build_arrays, exclusion_guard, is_excluded
+from dao.templates.elements import atomic_volume, distance_matrix
+from dao.templates.store import TemplateArrays, load_arrays, save_arrays
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+DEFAULT_INDEX = "templates_default.npz"
+DEFAULT_SIMILARITY = "mendeleev"
+_SCAN = 6  # candidates examined per requested one (dedup of equivalent substitutions)
+
+
+def _prototype(counts: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted(counts))
+
+
+class TemplateIndex:
+    """Corpus structures by prototype (see the module docstring). ``similarity`` names the element distance
+    used to assign species and rank templates; ``volume`` is ``"ratio"`` (template volume × Σr³ ratio) or
+    ``"template"`` (unscaled); ``en_order`` switches to the naive electronegativity-order assignment."""
+
+    def __init__(self, arrays: TemplateArrays, similarity: str = DEFAULT_SIMILARITY, volume: str = "ratio",
+                 en_order: bool = False) -> None:
+        self.arrays, self.similarity, self.volume, self.en_order = arrays, similarity, volume, en_order
+        self._by_proto: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        self._comps: list[list[tuple[int, int]]] = []
+        for i in range(len(arrays)):
+            z, n = np.unique(arrays.numbers[arrays.offsets[i]:arrays.offsets[i + 1]], return_counts=True)
+            comp = [(int(a), int(b)) for a, b in zip(z, n)]
+            self._comps.append(comp)
+            self._by_proto[_prototype(n.tolist())].append(i)
+
+    @classmethod
+    def build(cls, sources: Sequence[str | Path], exclude: Sequence[str | Path] = (), max_atoms: int = 52,
+              progress: bool = False) -> TemplateIndex:
+        """Index the structures of ``sources`` minus those of ``exclude`` (ids and StructureMatcher)."""
+        return cls(build_arrays(sources, exclude, max_atoms, progress)[0])
+
+    @classmethod
+    def load(cls, path: str | Path = "default") -> TemplateIndex:
+        """Load an index file; ``"default"`` is the one bundled with DAO."""
+        if str(path) == "default":
+            path = Path(str(resources.files("dao.resources").joinpath(DEFAULT_INDEX)))
+        return cls(load_arrays(path))
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to ``path`` (atomically)."""
+        save_arrays(self.arrays, path)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    @property
+    def num_prototypes(self) -> int:
+        """The number of distinct prototypes (sorted site counts) in the index."""
+        return len(self._by_proto)
+
+    def with_options(self, similarity: str | None = None, volume: str | None = None,
+                     en_order: bool | None = None) -> TemplateIndex:
+        """The same entries with other proposal options."""
+        return TemplateIndex(self.arrays, similarity or self.similarity, volume or self.volume,
+                             self.en_order if en_order is None else en_order)
+
+    def without(self, ids: Iterable[str] = (), structures: Sequence[Structure] = ()) -> TemplateIndex:
+        """The index minus entries whose id is in ``ids`` or whose structure matches one of ``structures``
+        (StructureMatcher, default tolerances, same reduced formula): the leakage guard for evaluation."""
+        id_set, guard = exclusion_guard(ids, structures)
+        keep = [i for i in range(len(self)) if not is_excluded(
+            str(self.arrays.ids[i]), self._numbers(i), lambda i=i: self.structure(i), id_set, guard)]
+        return TemplateIndex(self.arrays.take(np.array(keep, dtype=np.int64)), self.similarity, self.volume,
+                             self.en_order)
+
+    def _numbers(self, i: int) -> np.ndarray:
+        return self.arrays.numbers[self.arrays.offsets[i]:self.arrays.offsets[i + 1]].astype(np.int64)
+
+    def structure(self, i: int, mapping: dict[int, int] | None = None) -> Structure:
+        """Entry ``i`` as a pymatgen Structure, species substituted by ``mapping`` (Z → Z) and its volume
+        rescaled (``volume`` option) when given."""
+        from pymatgen.core import Lattice, Structure
+
+        a = self.arrays
+        numbers = self._numbers(i)
+        lattice = a.lattices[i].astype(np.float64)
+        if mapping:
+            new = np.array([mapping[int(z)] for z in numbers])
+            if self.volume == "ratio":
+                lattice = lattice * (atomic_volume(new) / atomic_volume(numbers)) ** (1 / 3)
+            numbers = new
+        frac = a.frac[a.offsets[i]:a.offsets[i + 1]].astype(np.float64)
+        return Structure(Lattice(lattice), numbers.tolist(), frac)
+
+    def ranked(self, cell: CellComposition) -> list[tuple[float, int, dict[int, int]]]:
+        """(distance, entry, assignment) for every template and assignment of ``cell``, best first: the best
+        assignment of each template in order, then the other assignments in order."""
+        from pymatgen.core import Element
+
+        target = [(Element(el).Z, n) for el, n in cell.counts]
+        dist = distance_matrix(self.similarity)
+        firsts, rest = [], []
+        for i in self._by_proto.get(_prototype(n for _, n in target), []):
+            options = assignments(self._comps[i], target, dist, self.en_order)
+            if self.en_order and options:  # rank templates by en_radius distance under the naive assignment
+                options = [(distance(self._comps[i], options[0][1], distance_matrix("en_radius")), options[0][1])]
+            firsts += [(d, i, m) for d, m in options[:1]]
+            rest += [(d, i, m) for d, m in options[1:]]
+        return sorted(firsts, key=lambda r: r[0]) + sorted(rest, key=lambda r: r[0])
+
+    def propose(self, cell: CellComposition, limit: int = 8) -> list[Candidate]:
+        """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits."""
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+        from pymatgen.core import Element
+
+        matcher = StructureMatcher()
+        out: list[tuple[Candidate, int]] = []
+        for d, i, mapping in self.ranked(cell)[: max(limit, 1) * _SCAN]:
+            if len(out) >= limit:
+                break
+            s = self.structure(i, mapping)
+            sg = int(self.arrays.spacegroup[i])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if any(g == sg and matcher.fit(s, c.structure) for c, g in out):
+                    continue
+            info = {"template_id": str(self.arrays.ids[i]),
+                    "template_formula": reduced_formula_of(self._numbers(i).tolist()),
+                    "template_source": str(self.arrays.sources[self.arrays.source[i]]),
+                    "assignment": {Element.from_Z(a).symbol: Element.from_Z(b).symbol for a, b in mapping.items()},
+                    "spacegroup": sg, "similarity": math.exp(-d)}
+            out.append((Candidate(cell, s, "template", info, prior=math.exp(-d)), sg))
+        return [c for c, _ in out]
+
