@@ -60,7 +60,7 @@ def test_predict_writes_cifs_extxyz_and_summary(tmp_path, tiny_checkpoint):
 
     out = tmp_path / "pred"
     proc = run_dao("predict", "SrTiO3", "-n", "2", "--max-atoms", "10", "--model", str(tiny_checkpoint),
-                   "--out", str(out), "--steps", "5", "--seed", "7", "--no-progress")
+                   "--out", str(out), "--steps", "5", "--seed", "7", "--no-progress", "--no-rank")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [c["z"] for c in summary["cells"]] == [1, 2] and summary["seed"] == 7
@@ -73,14 +73,14 @@ def test_predict_writes_cifs_extxyz_and_summary(tmp_path, tiny_checkpoint):
     # the same seed reproduces the same structures
     out2 = tmp_path / "pred2"
     run_dao("predict", "SrTiO3", "-n", "2", "--max-atoms", "10", "--model", str(tiny_checkpoint),
-            "--out", str(out2), "--steps", "5", "--seed", "7", "--no-progress")
+            "--out", str(out2), "--steps", "5", "--seed", "7", "--no-progress", "--no-rank")
     assert (out / "SrTiO3_000.cif").read_text() == (out2 / "SrTiO3_000.cif").read_text()
 
 
 def test_python_api_returns_structures(tiny_checkpoint):
     import dao
 
-    structures = dao.predict("NaCl", n=2, model=tiny_checkpoint, steps=4, device="cpu")
+    structures = dao.predict("NaCl", n=2, model=tiny_checkpoint, steps=4, device="cpu", rank=False)
     assert len(structures) == 2 and all(s.composition.reduced_formula == "NaCl" for s in structures)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dao import __version__
+from dao.candidates import Candidate
 from dao.crystal import CrystalBatch
 from dao.diffusion.guidance import GuidanceTerm, energy_guidance
 from dao.errors import DAOError
@@ -17,6 +18,7 @@ from dao.formula import CellComposition, cells_to_generate
 from dao.models.checkpoint import bundled_generator_for, load_energy_model, load_generator
 from dao.models.energy import DAOEnergyModel
 from dao.models.generator import DAOGenerator
+from dao.ranking import Ranking, RankOptions, rank_candidates, template_candidates
 from dao.runtime import resolve_device
 from dao.structure_io import staged_output_dir, symmetry_info, write_cif, write_extxyz, write_json
 
@@ -139,8 +141,12 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
                    seed: int = 0, steps: int | None = None, model: str | Path | DAOGenerator = "default",
                    device: str = "auto", batch_size: int = 64, progress: bool = False,
                    energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
-                   method: str | None = None, compile: bool = False) -> PredictionRun:
+                   method: str | None = None, compile: bool = False, *, all_cells: bool = False,
+                   total: int | None = None) -> PredictionRun:
     """Load (or take) the generator, check every input, then sample ``n`` structures per admissible cell.
+
+    ``all_cells``: without ``atoms``/``max_atoms``, every cell multiple Z the model admits; ``total``:
+    draw about that many samples over all cells (⌈total / cells⌉ each) instead of ``n`` per cell.
 
     ``model`` is a checkpoint path, ``"default"`` (with ``method``: the bundled generator of that method),
     ``"default-diffusion"`` / ``"default-flow"`` or a loaded model; ``method`` given with a checkpoint
@@ -155,7 +161,12 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
     if method is not None and method != gen_model.method:
         raise DAOError(f"--method {method}, but {getattr(gen_model, 'checkpoint_path', 'the model')} is a "
                        f"{gen_model.method} generator (train one with `dao train generator --method {method}`)")
+    if all_cells and atoms is None and max_atoms is None:
+        cells_to_generate(formula, gen_model.config.max_atoms)  # the formula as typed must fit the model
+        max_atoms = gen_model.config.max_atoms
     cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
+    if total is not None:
+        n = max(1, -(-int(total) // len(cells)))
     model_device = next(gen_model.parameters()).device
     guidance, e_model = guidance_for(gen_model, energy_model, guidance_scale, model_device)
     torch.manual_seed(seed)
@@ -165,21 +176,79 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
                          gen_model.process.resolve_steps(steps), model_device, compile, time.time() - t0)
 
 
+def generated_candidates(run: PredictionRun) -> list[Candidate]:
+    """The usable samples of a run as candidates (source "generated", info: method, sample, z)."""
+    return [Candidate(s.cell, s.structure, "generated", {"method": run.model.method, "sample": s.index, "z": s.cell.z})
+            for s in run.samples if s.structure is not None]
+
+
+def rank_formula(formula: str, atoms: int | None = None, max_atoms: int | None = None, seed: int = 0,
+                 steps: int | None = None, model: str | Path | DAOGenerator = "default", device: str = "auto",
+                 batch_size: int = 64, progress: bool = False,
+                 energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
+                 method: str | None = None, compile: bool = False, options: RankOptions | None = None
+                 ) -> tuple[PredictionRun, Ranking]:
+    """Ranked prediction (docs/design.md, 'Ranked prediction'): ``options.candidates`` generated samples
+    over every admissible cell plus the template index's proposals, screened, merged and judged.
+    ``model="default"`` without ``method`` means the bundled flow generator here (fast enough to draw
+    many candidates). Arguments otherwise as :func:`sample_formula`."""
+    opts = options or RankOptions()
+    if str(model) == "default" and method is None:
+        model = "default-flow"
+    run = sample_formula(formula, 1, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                         energy_model, guidance_scale, method, compile, all_cells=True, total=opts.candidates)
+    t0 = time.time()
+    templates, note = template_candidates(run.cells, opts.templates, opts.template_limit)
+    judge_model = str(energy_model) if isinstance(energy_model, (str, Path)) else "default"
+    ranking = rank_candidates(templates + generated_candidates(run), opts.judge, str(run.device),
+                              opts.relax_steps, opts.relax_seconds, judge_model, [note] if note else [])
+    run.seconds += time.time() - t0
+    return run, ranking
+
+
 def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int | None = None, seed: int = 0,
             steps: int | None = None, model: str | Path | DAOGenerator = "default", device: str = "auto",
             batch_size: int = 64, progress: bool = False,
             energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
-            method: str | None = None, compile: bool = False) -> list[Structure]:
-    """Predict crystal structures for ``formula``; returns pymatgen Structures (usable samples only).
+            method: str | None = None, compile: bool = False, rank: bool = True,
+            options: RankOptions | None = None) -> list[Structure]:
+    """Predict crystal structures for ``formula``; returns pymatgen Structures, best first.
 
-    Arguments as :func:`sample_formula`. ``energy_model`` (a DAO-P checkpoint, ``"default"`` or a loaded
-    model) turns on energy guidance with ``guidance_scale`` (default 20).
+    ``rank`` (default): the top ``n`` of :func:`rank_formula` (``options`` sets judge, templates and
+    candidates); ``rank=False``: the raw samples of :func:`sample_formula`, ``n`` per cell, in sample order.
+    ``energy_model`` (a DAO-P checkpoint, ``"default"`` or a loaded model) turns on energy guidance with
+    ``guidance_scale`` (default 20).
 
     >>> import dao
     >>> structures = dao.predict("CsV3Sb5", n=5, seed=0)
     """
+    if rank:
+        return rank_formula(formula, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                            energy_model, guidance_scale, method, compile, options)[1].structures[:n]
     return sample_formula(formula, n, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                           energy_model, guidance_scale, method, compile).structures
+
+
+def _write_structure(st: Structure, name: str, folder: Path) -> dict[str, Any]:
+    """Write ``<name>.cif`` (P1) and, when a space group > 1 is found, ``<name>_sym.cif``; returns the
+    structure's summary fields (cif, space group, lattice, density)."""
+    sym = symmetry_info(st)
+    lat = st.lattice
+    rec: dict[str, Any] = {
+        "cif": f"{name}.cif",
+        "space_group": {"symbol": sym["symbol"], "number": sym["number"], "symprec": sym["symprec"]},
+        "lattice": {"a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta,
+                    "gamma": lat.gamma, "volume": lat.volume},
+        "density_g_cm3": float(st.density),
+    }
+    write_cif(st, folder / f"{name}.cif")
+    if sym["number"] > 1:
+        try:
+            write_cif(st, folder / f"{name}_sym.cif", symprec=sym["symprec"])
+            rec["cif_symmetrized"] = f"{name}_sym.cif"
+        except Exception:
+            pass  # symmetrisation can fail for borderline tolerances; the P1 CIF stands
+    return rec
 
 
 def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra: dict[str, Any]) -> dict[str, Any]:
@@ -194,27 +263,12 @@ def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra:
                 rec["error"] = s.error
                 records.append(rec)
                 continue
-            st = s.structure
-            sym = symmetry_info(st)
-            lat = st.lattice
-            rec.update({
-                "cif": f"{name}.cif",
-                "space_group": {"symbol": sym["symbol"], "number": sym["number"], "symprec": sym["symprec"]},
-                "lattice": {"a": lat.a, "b": lat.b, "c": lat.c, "alpha": lat.alpha, "beta": lat.beta,
-                            "gamma": lat.gamma, "volume": lat.volume},
-                "density_g_cm3": float(st.density),
-            })
-            write_cif(st, tmp / f"{name}.cif")
-            if sym["number"] > 1:
-                try:
-                    write_cif(st, tmp / f"{name}_sym.cif", symprec=sym["symprec"])
-                    rec["cif_symmetrized"] = f"{name}_sym.cif"
-                except Exception:
-                    pass  # symmetrisation can fail for borderline tolerances; the P1 CIF stands
+            rec.update(_write_structure(s.structure, name, tmp))
             records.append(rec)
-            good.append(st)
+            good.append(s.structure)
             infos.append({"name": name, "formula": s.cell.formula, "sample": s.index,
-                          "spacegroup": sym["symbol"], "spacegroup_number": sym["number"]})
+                          "spacegroup": rec["space_group"]["symbol"],
+                          "spacegroup_number": rec["space_group"]["number"]})
         if good:
             write_extxyz(good, infos, tmp / "samples.extxyz")
         summary = {**summary_extra, "num_requested": len(samples), "num_written": len(good), "samples": records}
@@ -222,12 +276,49 @@ def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra:
     return summary
 
 
+def write_ranked(ranking: Ranking, n: int, out: str | Path, summary_extra: dict[str, Any]) -> dict[str, Any]:
+    """Write the top ``n`` ranked structures as ``<formula>_rank<k>.cif`` (+ symmetrized), ``samples.extxyz``
+    and ``summary.json`` (rank, judge energy, source and its info, validity flags, stage counts)."""
+    records, infos = [], []
+    top = ranking.ranked[:n]
+    with staged_output_dir(out) as tmp:
+        for item in top:
+            c = item.candidate
+            name = f"{c.cell.reduced_formula}_rank{item.rank}"
+            rec = {"name": name, "rank": item.rank, "energy_per_atom": item.energy_per_atom,
+                   "source": c.source, "source_info": c.info, "prior": c.prior, "formula": c.cell.formula,
+                   "z": c.cell.z, "atoms_per_cell": len(item.structure), **item.flags}
+            if item.record:
+                rec["relaxation"] = item.record
+            rec.update(_write_structure(item.structure, name, tmp))
+            records.append(rec)
+            infos.append({"name": name, "rank": item.rank, "source": c.source,
+                          "energy_per_atom": item.energy_per_atom if item.energy_per_atom is not None else np.nan,
+                          "spacegroup": rec["space_group"]["symbol"],
+                          **{f"{c.source}_{k}": v for k, v in c.info.items() if isinstance(v, (int, float, str))}})
+        if top:
+            write_extxyz([item.structure for item in top], infos, tmp / "samples.extxyz")
+        summary = {**summary_extra, "ranking": {"judge": ranking.judge, "counts": ranking.counts,
+                                                "notes": ranking.notes},
+                   "num_requested": n, "num_written": len(top), "samples": records}
+        write_json(summary, tmp / "summary.json")
+    return summary
+
+
 def run_predict(formula: str, n: int, out: str | Path, atoms: int | None = None, max_atoms: int | None = None,
                 seed: int = 0, steps: int | None = None, model: str | Path = "default", device: str = "auto",
                 batch_size: int = 64, progress: bool = True, energy_model: str | Path | None = None,
-                guidance_scale: float | None = None, method: str | None = None, compile: bool = False
-                ) -> dict[str, Any]:
-    """The ``dao predict`` job: :func:`sample_formula`, then all outputs written at once into ``out``."""
+                guidance_scale: float | None = None, method: str | None = None, compile: bool = False,
+                rank: bool = True, options: RankOptions | None = None) -> dict[str, Any]:
+    """The ``dao predict`` job, all outputs written at once into ``out``: with ``rank`` the top ``n`` of
+    :func:`rank_formula`, else ``n`` raw samples per cell from :func:`sample_formula`."""
+    if rank:
+        opts = options or RankOptions()
+        run, ranking = rank_formula(formula, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                                    energy_model, guidance_scale, method, compile, opts)
+        extra = run.summary() | {"candidates": opts.candidates, "templates": str(opts.templates),
+                                 "relax_steps": opts.relax_steps, "relax_seconds": opts.relax_seconds}
+        return write_ranked(ranking, n, out, extra)
     run = sample_formula(formula, n, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                          energy_model, guidance_scale, method, compile)
     return write_predictions(run.samples, out, run.summary())

@@ -20,7 +20,16 @@ def default_out(formula: str) -> Path:
 @click.command("predict")
 @click.argument("formula")
 @click.option("-n", "--num-samples", "n", type=click.IntRange(1, 10000), default=5, show_default=True,
-              help="Structures to generate per cell.")
+              help="Structures written: the top n of the ranking (with --no-rank: samples per cell).")
+@click.option("--rank/--no-rank", default=True, show_default=True,
+              help="Rank candidates from templates and the generator (--no-rank: raw samples in sample order).")
+@click.option("--judge", type=click.Choice(["auto", "chgnet", "dao", "none"]), default="auto", show_default=True,
+              help="Energy that orders the ranked candidates after a short relaxation; auto: CHGNet if installed, "
+                   "else DAO-P; none: source order (templates by similarity, then generated).")
+@click.option("--templates", default="default", show_default=True,
+              help="Template index for ranked prediction: a path, 'default' or 'none'.")
+@click.option("--candidates", type=click.IntRange(1, 10000), default=20, show_default=True,
+              help="Generated candidates to draw over all cell multiples Z (ranked prediction).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: predictions/<formula>).")
 @click.option("--atoms", type=click.IntRange(1), default=None, help="Atoms per cell (a multiple of the reduced formula).")
@@ -41,24 +50,37 @@ def default_out(formula: str) -> Path:
               help="With --model default: the bundled generator of this kind; with a checkpoint: require that kind.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
-def predict(formula: str, n: int, out: Path | None, atoms: int | None, max_atoms: int | None, seed: int,
+def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, out: Path | None, atoms: int | None, max_atoms: int | None, seed: int,
             steps: int | None, model: str, device: str, batch_size: int, progress: bool, energy_model: str | None,
             guidance_scale: float | None, method: str | None, compile_: bool) -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
     from dao.prediction import run_predict
+    from dao.ranking import RankOptions
 
     if out is None:
         out = default_out(formula)
+    options = RankOptions(judge=judge, templates=None if templates == "none" else templates, candidates=candidates)
     summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                           energy_model=energy_model, guidance_scale=guidance_scale, method=method,
-                          compile=compile_)
+                          compile=compile_, rank=rank, options=options)
     for rec in summary["samples"]:
         if "error" in rec:
             click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
-        else:
-            lat = rec["lattice"]
-            click.echo(f"  {rec['cif']}: {rec['space_group']['symbol']} (#{rec['space_group']['number']}), "
-                       f"a={lat['a']:.3f} b={lat['b']:.3f} c={lat['c']:.3f} Å, V={lat['volume']:.1f} Å³")
+            continue
+        lat = rec["lattice"]
+        head = f"  {rec['cif']}: " if "rank" not in rec else (
+            f"  #{rec['rank']} {rec['cif']} [{rec['source']}"
+            + ("" if rec["energy_per_atom"] is None else f", {rec['energy_per_atom']:.3f} eV/atom") + "]: ")
+        click.echo(f"{head}{rec['space_group']['symbol']} (#{rec['space_group']['number']}), "
+                   f"a={lat['a']:.3f} b={lat['b']:.3f} c={lat['c']:.3f} Å, V={lat['volume']:.1f} Å³")
+    if "ranking" in summary:
+        r = summary["ranking"]
+        c = r["counts"]
+        click.echo(f"ranked by {r['judge']}: {c['proposed']} proposed ({c['proposed_template']} template, "
+                   f"{c['proposed_generated']} generated), {c['invalid_dropped']} invalid dropped, "
+                   f"{c['duplicates_merged']} duplicates merged, {c['judged']} judged", err=True)
+        for note in r["notes"]:
+            click.echo(f"  note: {note}", err=True)
     click.echo(f"wrote {summary['num_written']} structures to {out} in {summary['seconds']:.1f} s")
 
 
