@@ -145,3 +145,10 @@ def test_cli_missing_source_is_one_line_error(tmp_path, capsys):
         main(["templates", "build", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o"), "--no-progress"])
     assert exc.value.code == 2
     assert "dao: error:" in capsys.readouterr().err and not (tmp_path / "o" / "templates.npz").exists()
+
+
+def test_templates_of_a_fraction_of_the_cell_come_as_supercells(index):
+    cands = index.propose(parse_formula("Mg4F8"))  # TiO2 (Ti2O4) is half of this cell
+    assert [c.info["template_formula"] for c in cands] == ["TiO2"]
+    assert cands[0].info["supercell"] == 2 and len(cands[0].structure) == 12
+    assert cands[0].structure.composition.reduced_formula == "MgF2"

@@ -5,7 +5,8 @@ cell, every index entry of the same prototype is a template; each admissible spe
 (:mod:`dao.templates.assign`) has a distance d under the element similarity ``similarity``, the template's
 score is exp(−d) of its best assignment, and the substituted structure's volume is the template's, scaled by
 the ratio of Σr³ (atomic radii) after and before substitution. Candidates come best first: the best
-assignment of each distinct template, then further assignments; a candidate that StructureMatcher-matches
+assignment of each distinct template, then further assignments (a template of 1/m of the cell, m a common
+divisor of its counts, is proposed as an m-fold supercell); a candidate that StructureMatcher-matches
 one already proposed (same space group of the template) is skipped.
 """
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from functools import reduce
 from importlib import resources
+from math import gcd
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -113,20 +116,25 @@ class TemplateIndex:
         frac = a.frac[a.offsets[i]:a.offsets[i + 1]].astype(np.float64)
         return Structure(Lattice(lattice), numbers.tolist(), frac)
 
-    def ranked(self, cell: CellComposition) -> list[tuple[float, int, dict[int, int]]]:
-        """(distance, entry, assignment) for every template and assignment of ``cell``, best first: the best
-        assignment of each template in order, then the other assignments in order."""
+    def ranked(self, cell: CellComposition) -> list[tuple[float, int, dict[int, int], int]]:
+        """(distance, entry, assignment, supercell multiple) for every template and assignment of ``cell``,
+        best first: the best assignment of each template in order, then the other assignments in order.
+        Templates of the cell's prototype divided by any common divisor m of its counts count too (as m-fold
+        supercells)."""
         from pymatgen.core import Element
 
         target = [(Element(el).Z, n) for el, n in cell.counts]
         dist = distance_matrix(self.similarity)
         firsts, rest = [], []
-        for i in self._by_proto.get(_prototype(n for _, n in target), []):
-            options = assignments(self._comps[i], target, dist, self.en_order)
-            if self.en_order and options:  # rank templates by en_radius distance under the naive assignment
-                options = [(distance(self._comps[i], options[0][1], distance_matrix("en_radius")), options[0][1])]
-            firsts += [(d, i, m) for d, m in options[:1]]
-            rest += [(d, i, m) for d, m in options[1:]]
+        g = reduce(gcd, (n for _, n in target))
+        for m in (m for m in range(1, g + 1) if g % m == 0):
+            part = [(z, n // m) for z, n in target]
+            for i in self._by_proto.get(_prototype(n for _, n in part), []):
+                options = assignments(self._comps[i], part, dist, self.en_order)
+                if self.en_order and options:  # rank templates by en_radius distance under the naive assignment
+                    options = [(distance(self._comps[i], options[0][1], distance_matrix("en_radius")), options[0][1])]
+                firsts += [(d, i, a, m) for d, a in options[:1]]
+                rest += [(d, i, a, m) for d, a in options[1:]]
         return sorted(firsts, key=lambda r: r[0]) + sorted(rest, key=lambda r: r[0])
 
     def propose(self, cell: CellComposition, limit: int = 8) -> list[Candidate]:
@@ -136,10 +144,12 @@ class TemplateIndex:
 
         matcher = StructureMatcher()
         out: list[tuple[Candidate, int]] = []
-        for d, i, mapping in self.ranked(cell)[: max(limit, 1) * _SCAN]:
+        for d, i, mapping, m in self.ranked(cell)[: max(limit, 1) * _SCAN]:
             if len(out) >= limit:
                 break
             s = self.structure(i, mapping)
+            if m > 1:
+                s.make_supercell([m, 1, 1])
             sg = int(self.arrays.spacegroup[i])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -149,7 +159,7 @@ class TemplateIndex:
                     "template_formula": reduced_formula_of(self._numbers(i).tolist()),
                     "template_source": str(self.arrays.sources[self.arrays.source[i]]),
                     "assignment": {Element.from_Z(a).symbol: Element.from_Z(b).symbol for a, b in mapping.items()},
-                    "spacegroup": sg, "similarity": math.exp(-d)}
+                    "spacegroup": sg, "similarity": math.exp(-d), "supercell": m}
             out.append((Candidate(cell, s, "template", info, prior=math.exp(-d)), sg))
         return [c for c, _ in out]
 

@@ -62,6 +62,7 @@ def save_arrays(arrays: TemplateArrays, path: str | Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, format_version=np.array([FORMAT_VERSION]),
                                 **{k: getattr(arrays, k) for k in _KEYS})
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; an index is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
