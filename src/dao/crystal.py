@@ -13,24 +13,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from dao.cell import canonical_lattice, niggli_reduce
 from dao.errors import StructureReadError
+
+__all__ = ["Crystal", "CrystalBatch", "canonical_lattice", "structures_to_crystals"]
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from ase import Atoms
     from pymatgen.core import Structure
-
-
-def canonical_lattice(matrix: np.ndarray) -> np.ndarray:
-    """Rotate a lattice into pymatgen's ``Lattice.from_parameters`` orientation (same a, b, c, α, β, γ).
-
-    Fractional coordinates are unchanged by a rotation of the lattice, so this only fixes the
-    arbitrary orientation of the Cartesian frame.
-    """
-    from pymatgen.core import Lattice
-
-    lat = Lattice(matrix)
-    return np.asarray(Lattice.from_parameters(*lat.abc, *lat.angles).matrix, dtype=np.float64)
 
 
 @dataclass
@@ -66,10 +57,7 @@ class Crystal:
             raise StructureReadError("structure has no atoms")
         s = structure
         if niggli:
-            try:
-                s = structure.get_reduced_structure("niggli")
-            except Exception as exc:  # degenerate lattices make the reduction fail
-                raise StructureReadError(f"Niggli reduction failed: {exc}") from None
+            s = niggli_reduce(structure)  # bounded time; a degenerate cell is a StructureReadError
         lattice = canonical_lattice(s.lattice.matrix)
         if not np.all(np.isfinite(lattice)) or abs(np.linalg.det(lattice)) < 1e-6:
             raise StructureReadError("degenerate lattice")

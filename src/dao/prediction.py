@@ -11,9 +11,10 @@ import torch
 
 from dao import __version__
 from dao.candidates import Candidate
+from dao.cell import niggli_reduce
 from dao.crystal import CrystalBatch
 from dao.diffusion.guidance import GuidanceTerm, energy_guidance
-from dao.errors import DAOError
+from dao.errors import DAOError, StructureReadError
 from dao.formula import CellComposition, cells_to_generate
 from dao.models.checkpoint import bundled_generator_for, load_energy_model, load_generator
 from dao.models.energy import DAOEnergyModel
@@ -50,16 +51,13 @@ def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np
 
     if not (np.all(np.isfinite(lattice)) and np.all(np.isfinite(frac))):
         return None, "non-finite lattice or coordinates"
-    det = float(np.linalg.det(lattice))
-    if abs(det) < 1e-3:
-        return None, f"degenerate lattice (volume {abs(det):.2g} Å³)"
-    if det < 0:
+    if np.linalg.det(lattice) < 0:
         lattice, frac = -lattice, (-frac) % 1.0
     s = Structure(Lattice(lattice), [int(z) for z in atomic_numbers], frac % 1.0)
     try:
-        s = s.get_reduced_structure("niggli")
-    except Exception:
-        pass  # keep the unreduced cell; it is still a valid structure
+        s = niggli_reduce(s)  # checks the cell first: a degenerate sample is refused, never a hang
+    except StructureReadError as exc:
+        return None, str(exc)
     return s, None
 
 
