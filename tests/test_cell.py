@@ -50,12 +50,20 @@ def test_huge_cell_is_refused_before_reduction():
 
 @pytest.mark.parametrize("lattice,needle", [
     (np.full((3, 3), np.nan), "non-finite"),
-    (np.array([[1.0, 0, 0], [1.0, 0.01, 0], [0, 0, 1.0]]), "parallel"),
+    (np.array([[1.0, 0, 0], [1.0, 0.01, 0], [0, 0, 1.0]]), "volume per atom"),  # flat: 0.005 Å³ per atom
     (np.diag([3.0, 3.0, 0.0]), "zero lattice vector"),
     (np.diag([1e3, 1e3, 1e3]) * 0.5, "volume per atom"),  # 1.25e8 Å³ for 2 atoms
+    (np.diag([1e3 + 1, 3.0, 3.0]), "cell length"),
 ])
 def test_cell_problems_are_named(lattice, needle):
     assert needle in cell_problem(lattice, 2)
+
+
+def test_skewed_basis_of_a_good_lattice_is_accepted():
+    skewed = np.array([[3.0, 0, 0], [300.0, 3.0, 0], [0, 0, 3.0]])  # vectors 1 and 2 within 0.6° of parallel
+    assert cell_problem(skewed, 1) is None
+    reduced = niggli_reduce(Structure(Lattice(skewed), ["Na"], [[0, 0, 0]]))
+    assert np.allclose(reduced.lattice.abc, 3.0) and np.allclose(reduced.lattice.angles, 90.0)
 
 
 def test_skewed_cell_is_lll_reduced_first_and_matches_pymatgen():

@@ -5,19 +5,18 @@ cells (:func:`dao.prediction.finalize_structure`) and the DAO-P calculator and b
 (:func:`niggli_transform`). pymatgen's Niggli reduction ends by searching every lattice point of the *input*
 basis within a sphere (``Lattice.find_mapping``), which for a degenerate or very skewed cell is tens of
 millions of points and minutes of time. So a cell is first checked (:func:`cell_problem`: finite, cell
-lengths, angles, volume per atom within the bounds of :mod:`dao.constants`), then the size of that search is
+lengths, volume per atom within the bounds of :mod:`dao.constants`), then the size of that search is
 estimated; when it is too large the cell is LLL-reduced first (the same lattice, a short basis, a small
 search), and a cell whose search is still too large stays LLL-reduced. Reduction therefore takes bounded
 time: a degenerate cell is a one-line :class:`~dao.errors.StructureReadError`, never a hang.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dao.constants import MAX_CELL_LENGTH, MAX_VOLUME_PER_ATOM, MIN_CELL_ANGLE, MIN_VOLUME_PER_ATOM
+from dao.constants import MAX_CELL_LENGTH, MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from dao.errors import StructureReadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,9 +41,11 @@ def canonical_lattice(matrix: np.ndarray) -> np.ndarray:
 def cell_problem(lattice: np.ndarray, num_atoms: int | None = None) -> str | None:
     """Why a cell (rows are lattice vectors, Å) is unusable, or None when it is sane.
 
-    Sane: finite; every length ≤ MAX_CELL_LENGTH Å; every angle between two lattice vectors in
-    [MIN_CELL_ANGLE°, 180° − MIN_CELL_ANGLE°]; volume per atom in [MIN_VOLUME_PER_ATOM, MAX_VOLUME_PER_ATOM] Å³
-    (with ``num_atoms``; without it the volume must only be positive).
+    Sane: finite; every length ≤ MAX_CELL_LENGTH Å; volume per atom in [MIN_VOLUME_PER_ATOM,
+    MAX_VOLUME_PER_ATOM] Å³ (with ``num_atoms``; without it the volume must only be positive). The angles of
+    the given basis are not checked: a skewed basis of a good lattice (e.g. a sampled cell) is fine, LLL
+    straightens it; a degenerate *lattice* is one of too little volume (a reduced basis's angles are always
+    within about 60°–120°).
     """
     m = np.asarray(lattice, dtype=np.float64)
     if m.shape != (3, 3) or not np.all(np.isfinite(m)):
@@ -54,10 +55,6 @@ def cell_problem(lattice: np.ndarray, num_atoms: int | None = None) -> str | Non
         return f"cell length {lengths.max():.3g} Å exceeds {MAX_CELL_LENGTH:g} Å"
     if lengths.min() <= 0:
         return "degenerate lattice (a zero lattice vector)"
-    low = math.cos(math.radians(MIN_CELL_ANGLE))
-    for i, j in ((0, 1), (0, 2), (1, 2)):
-        if abs(float(m[i] @ m[j]) / (lengths[i] * lengths[j])) > low:
-            return f"degenerate lattice (lattice vectors {i + 1} and {j + 1} within {MIN_CELL_ANGLE:g}° of parallel)"
     volume = abs(float(np.linalg.det(m)))
     if num_atoms is None or num_atoms < 1:
         return None if volume > 0 else "degenerate lattice (volume 0)"

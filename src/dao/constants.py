@@ -14,9 +14,7 @@ MIN_DISTANCE = 0.5
 #: most atoms a typed formula may describe (checked while parsing, before anything is built)
 MAX_FORMULA_ATOMS = 10_000
 #: sane cells (checked before any lattice reduction, which can run for minutes on degenerate cells):
-#: volume per atom (Å³) within [MIN_VOLUME_PER_ATOM, MAX_VOLUME_PER_ATOM], lattice lengths ≤ MAX_CELL_LENGTH Å,
-#: every lattice angle and the smallest |sin| of the three angles ≥ sin(MIN_CELL_ANGLE°)
+#: volume per atom (Å³) within [MIN_VOLUME_PER_ATOM, MAX_VOLUME_PER_ATOM] and lattice lengths ≤ MAX_CELL_LENGTH Å
 MIN_VOLUME_PER_ATOM = 0.1
 MAX_VOLUME_PER_ATOM = 1.0e4
 MAX_CELL_LENGTH = 1.0e3
-MIN_CELL_ANGLE = 5.0

@@ -39,6 +39,7 @@ def evaluate_command(pred_path: Path, ref_path: Path, k: int | None, out_dir: Pa
     from dao.evaluate.pipeline import CACHE_NAME, evaluate_files
     from dao.evaluate.report import summary_lines
     from dao.stability import chgnet_stability_scorer
+    from dao.structure_io import claim_output_dir
 
     if not ref_path.is_file():
         raise click.ClickException(f"reference file not found: {ref_path}")
@@ -48,8 +49,9 @@ def evaluate_command(pred_path: Path, ref_path: Path, k: int | None, out_dir: Pa
         raise click.ClickException(f"--out exists and is not a directory: {out_dir}")
     scorer = chgnet_stability_scorer(relax_steps, device, progress) if stability == "chgnet" else None
     try:
-        result, paths = evaluate_files(pred_path, ref_path, out_dir, k=k, workers=workers, fresh=fresh,
-                                       progress=progress, energy_scorer=scorer)
+        with claim_output_dir(out_dir, resume=True):  # resumable: reruns continue from its cache.jsonl
+            result, paths = evaluate_files(pred_path, ref_path, out_dir, k=k, workers=workers, fresh=fresh,
+                                           progress=progress, energy_scorer=scorer)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished pairs are kept in {out_dir / CACHE_NAME}, rerun to "
                                    "resume") from None

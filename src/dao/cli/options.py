@@ -14,6 +14,10 @@ F = TypeVar("F", bound=Callable)
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 #: the ``--method`` choice: every registered generative process (dao.diffusion.registry), e.g. diffusion, flow
 METHOD = click.Choice(methods())
+#: ``--overwrite`` of every command that writes a whole output folder (dao.structure_io.claim_output_dir)
+OVERWRITE = click.option("--overwrite", is_flag=True,
+                         help="Replace a non-empty --out folder (as a whole, atomically); without it such a folder "
+                              "is refused.")
 #: the ``--seed`` type of every command: 0 ≤ seed < 2**63 (what torch's and numpy's generators accept)
 SEED = click.IntRange(0, 2**63 - 1)
 

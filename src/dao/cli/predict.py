@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE, METHOD, SEED
+from dao.cli.options import DEVICE, METHOD, OVERWRITE, SEED
 from dao.errors import DAOError
 
 
@@ -32,6 +32,7 @@ def default_out(formula: str) -> Path:
               help="Generated candidates to draw over all cell multiples Z (ranked prediction).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: predictions/<formula>).")
+@OVERWRITE
 @click.option("--atoms", type=click.IntRange(1), default=None, help="Atoms per cell (a multiple of the reduced formula).")
 @click.option("--max-atoms", type=click.IntRange(1), default=None,
               help="Enumerate every cell multiple Z of the reduced formula up to this many atoms.")
@@ -50,19 +51,21 @@ def default_out(formula: str) -> Path:
               help="With --model default: the bundled generator of this kind; with a checkpoint: require that kind.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
-def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, out: Path | None, atoms: int | None, max_atoms: int | None, seed: int,
+def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, out: Path | None, overwrite: bool, atoms: int | None, max_atoms: int | None, seed: int,
             steps: int | None, model: str, device: str, batch_size: int, progress: bool, energy_model: str | None,
             guidance_scale: float | None, method: str | None, compile_: bool) -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
     from dao.prediction import run_predict
     from dao.ranking import RankOptions
+    from dao.structure_io import claim_output_dir
 
     if out is None:
         out = default_out(formula)
     options = RankOptions(judge=judge, templates=None if templates == "none" else templates, candidates=candidates)
-    summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                          energy_model=energy_model, guidance_scale=guidance_scale, method=method,
-                          compile=compile_, rank=rank, options=options)
+    with claim_output_dir(out, overwrite=overwrite):  # locked; a non-empty folder needs --overwrite
+        summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
+                              energy_model=energy_model, guidance_scale=guidance_scale, method=method,
+                              compile=compile_, rank=rank, options=options)
     for rec in summary["samples"]:
         if "error" in rec:
             click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
@@ -105,7 +108,11 @@ def benchmark(split: Path, model: str, k: int, limit: int | None, out: Path, see
 
     if not split.is_file():
         raise DAOError(f"split file not found: {split}")
-    s = run_benchmark(split, model, k, out, limit, seed, steps, device, batch_size, workers, progress, compile=compile_)
+    from dao.structure_io import claim_output_dir
+
+    with claim_output_dir(out, resume=True):  # resumable: reruns continue in their own folder
+        s = run_benchmark(split, model, k, out, limit, seed, steps, device, batch_size, workers, progress,
+                          compile=compile_)
     g = s["generation"]
     click.echo(json.dumps({key: s.get(key) for key in ("n_references", "match_rate", "rmse", "match_rate_unfiltered",
                                                       "rmse_unfiltered")} | {"seconds_per_structure": g["seconds_per_structure_this_run"]}))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE, echo_error
+from dao.cli.options import DEVICE, OVERWRITE, echo_error
 
 
 @click.command("relax")
@@ -16,6 +16,7 @@ from dao.cli.options import DEVICE, echo_error
               help="DAO-P checkpoint or 'default'; with --potential chgnet a CHGNet version (default 0.3.0).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Output folder (relaxed CIFs, trajectories, summary.json).")
+@OVERWRITE
 @click.option("--steps", type=click.IntRange(1), default=500, show_default=True, help="FIRE steps per structure.")
 @click.option("--fmax", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
               help="Convergence: max force (eV/Å), and the cell filter's stress term.")
@@ -30,7 +31,7 @@ from dao.cli.options import DEVICE, echo_error
               help="Write OUT/<name>.traj.extxyz with every N-th step (0: no trajectories).")
 @click.option("--fixed-cell", is_flag=True, help="Relax positions only.")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True)
-def relax(files: tuple[Path, ...], potential: str, model: str, out: Path, steps: int, fmax: float,
+def relax(files: tuple[Path, ...], potential: str, model: str, out: Path, overwrite: bool, steps: int, fmax: float,
           timeout: float | None, batch_size: int, max_volume_ratio: float, trajectory_every: int, fixed_cell: bool,
           device: str) -> None:
     """Relax structure FILES (FIRE over positions and cell with ASE's FrechetCellFilter, batched).
@@ -39,10 +40,13 @@ def relax(files: tuple[Path, ...], potential: str, model: str, out: Path, steps:
     OUT/summary.json, all at once; aborted structures (exploding cell, NaN) get no CIF.
     """
     from dao.relax import run_relax
+    from dao.structure_io import claim_output_dir
 
-    summary = run_relax(files, model, out, steps=steps, fmax=fmax, device=device, max_volume_ratio=max_volume_ratio,
-                        relax_cell=not fixed_cell, on_error=echo_error, potential=potential, timeout=timeout,
-                        batch_size=batch_size, trajectory_every=trajectory_every, progress=True)
+    with claim_output_dir(out, overwrite=overwrite):  # locked; a non-empty folder needs --overwrite
+        summary = run_relax(files, model, out, steps=steps, fmax=fmax, device=device,
+                            max_volume_ratio=max_volume_ratio, relax_cell=not fixed_cell, on_error=echo_error,
+                            potential=potential, timeout=timeout, batch_size=batch_size,
+                            trajectory_every=trajectory_every, progress=True)
     for r in summary["structures"]:
         if "cif" in r:
             click.echo(f"  {r['cif']}: {r['status']} after {r['steps']} steps, E {r['energy_initial']:.4f} → "

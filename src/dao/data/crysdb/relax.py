@@ -66,7 +66,7 @@ def relax_crysdb(src: str | Path, out: str | Path, model: str = "default", min_e
     pot = load_potential("dao", model, device=device)
     stats: Counter = Counter()
     shifts: list[float] = []
-    with staged_output_dir(out) as tmp:
+    with staged_output_dir(out, overwrite=True) as tmp:  # a build replaces its folder as a whole
         (tmp / "shards").mkdir()
         shards = shard_paths(src)
         for shard in tqdm(shards, desc="relaxing shards", unit="shard", disable=not progress):

@@ -58,7 +58,7 @@ def write_outputs(report: BuildReport, out: str | Path, shard_rows: list[list[di
 
     elements: Counter = Counter()
     stability: Counter = Counter()
-    with staged_output_dir(out) as tmp:
+    with staged_output_dir(out, overwrite=True) as tmp:  # a build replaces its folder as a whole
         (tmp / "shards").mkdir()
         for j, rows in enumerate(r for r in shard_rows if r):
             rows.sort(key=lambda r: r["key"])
