@@ -33,6 +33,8 @@ def test_cell_enumeration():
 
 @pytest.mark.parametrize("text,needle", [
     ("NaCl0", "zero count"),  # pymatgen dropped Cl: pure Na
+    ("Ti4HNa04", "leading zero"),  # "Na0" + "4" typed together is not Na4
+    ("NaCl00", "zero count"),
     ("Fe1e-400O", "exponent"),  # underflow to 0 dropped Fe
     ("Fe1e400O", "exponent"),  # OverflowError traceback
     ("Na@Cl", "unexpected character '@'"),  # junk was ignored: NaCl

@@ -146,6 +146,8 @@ def _count(m: re.Match, last: dict[str, Fraction] | None, text: str) -> Fraction
     if len(digits.split(".")[0].lstrip("0")) > len(str(MAX_FORMULA_ATOMS)):
         raise FormulaError(f"formula {_q(text)} has more than {MAX_FORMULA_ATOMS} atoms")
     value = Fraction(digits)
+    if len(digits.split(".")[0]) > 1 and digits.startswith("0") and value != 0:
+        raise FormulaError(f"formula {_q(text)} has a count with a leading zero ({digits!r} at position {m.start()})")
     if value == 0:
         raise FormulaError(f"formula {_q(text)} has a zero count ({digits!r} at position {m.start()}); "
                            "leave the element out instead")
