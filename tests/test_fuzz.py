@@ -2,9 +2,6 @@
 
 Each input either works or fails with a DAOError (one line at the CLI), never another exception or a hang.
 """
-import signal
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 import torch
@@ -13,22 +10,10 @@ from hypothesis import strategies as st
 
 from dao.errors import CheckpointError, ConfigError, DAOError, FormulaError
 from dao.formula import parse_formula
+from tests.test_cell import time_limit
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 SYMBOLS = ["H", "He", "Li", "C", "N", "O", "Na", "Cl", "Fe", "Sr", "Ti", "Cs", "V", "Sb", "U", "Es"]
-
-
-@contextmanager
-def time_limit(seconds: float):
-    def alarm(*_):
-        raise TimeoutError(f"took longer than {seconds} s")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @st.composite
