@@ -152,3 +152,11 @@ def test_templates_of_a_fraction_of_the_cell_come_as_supercells(index):
     assert [c.info["template_formula"] for c in cands] == ["TiO2"]
     assert cands[0].info["supercell"] == 2 and len(cands[0].structure) == 12
     assert cands[0].structure.composition.reduced_formula == "MgF2"
+
+
+def test_bundled_default_index_loads_and_proposes():
+    index = TemplateIndex.load("default")
+    assert len(index) > 30000
+    cands = index.propose(parse_formula("KBr"), limit=3)
+    assert len(cands) == 3 and all(c.structure.composition.reduced_formula == "KBr" for c in cands)
+    assert cands[0].info["template_source"].split("/")[0] in {"mp_20", "mpts_52", "perov_5", "carbon_24", "pretrain"}

@@ -12,7 +12,6 @@ one already proposed (same space group of the template) is skipped.
 from __future__ import annotations
 
 import math
-import warnings
 from collections import defaultdict
 from functools import reduce
 from importlib import resources
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from dao.candidates import Candidate
+from dao.data.dedupe import StructureDeduplicator
 from dao.formula import CellComposition, reduced_formula_of
 from dao.templates.assign import assignments, distance
 from dao.templates.build import build_arrays, exclusion_guard, is_excluded
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 DEFAULT_INDEX = "templates_default.npz"
 DEFAULT_SIMILARITY = "mendeleev"
-_SCAN = 6  # candidates examined per requested one (dedup of equivalent substitutions)
+_SCAN = 6  # candidates examined per requested one (dedup of equivalent substitutions), at least _MIN_SCAN
+_MIN_SCAN = 64
 
 
 def _prototype(counts: Iterable[int]) -> tuple[int, ...]:
@@ -139,27 +140,24 @@ class TemplateIndex:
 
     def propose(self, cell: CellComposition, limit: int = 8) -> list[Candidate]:
         """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits."""
-        from pymatgen.analysis.structure_matcher import StructureMatcher
         from pymatgen.core import Element
 
-        matcher = StructureMatcher()
-        out: list[tuple[Candidate, int]] = []
-        for d, i, mapping, m in self.ranked(cell)[: max(limit, 1) * _SCAN]:
+        seen = StructureDeduplicator()  # equivalent substitutions: StructureMatcher within a space group
+        out: list[Candidate] = []
+        for d, i, mapping, m in self.ranked(cell)[: max(limit * _SCAN, _MIN_SCAN)]:
             if len(out) >= limit:
                 break
             s = self.structure(i, mapping)
             if m > 1:
                 s.make_supercell([m, 1, 1])
             sg = int(self.arrays.spacegroup[i])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if any(g == sg and matcher.fit(s, c.structure) for c, g in out):
-                    continue
+            if seen.add(sg, s, None)[0] != "kept":
+                continue
             info = {"template_id": str(self.arrays.ids[i]),
                     "template_formula": reduced_formula_of(self._numbers(i).tolist()),
                     "template_source": str(self.arrays.sources[self.arrays.source[i]]),
                     "assignment": {Element.from_Z(a).symbol: Element.from_Z(b).symbol for a, b in mapping.items()},
                     "spacegroup": sg, "similarity": math.exp(-d), "supercell": m}
-            out.append((Candidate(cell, s, "template", info, prior=math.exp(-d)), sg))
-        return [c for c, _ in out]
+            out.append(Candidate(cell, s, "template", info, prior=math.exp(-d)))
+        return out
 
