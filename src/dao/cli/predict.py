@@ -25,11 +25,13 @@ def default_out(formula: str) -> Path:
               help="Rank candidates from templates and the generator (--no-rank: raw samples in sample order).")
 @click.option("--judge", type=click.Choice(["auto", "chgnet", "dao", "none"]), default="auto", show_default=True,
               help="Energy that orders the ranked candidates after a short relaxation; auto: CHGNet if installed, "
-                   "else DAO-P; none: source order (templates by similarity, then generated).")
+                   "else none; none: source order (templates by similarity, then generated).")
 @click.option("--templates", default="default", show_default=True,
               help="Template index for ranked prediction: a path, 'default' or 'none'.")
-@click.option("--candidates", type=click.IntRange(1, 10000), default=20, show_default=True,
+@click.option("--candidates", type=click.IntRange(1, 10000), default=8, show_default=True,
               help="Generated candidates to draw over all cell multiples Z (ranked prediction).")
+@click.option("--relax-steps", type=click.IntRange(0), default=5, show_default=True,
+              help="FIRE steps of the judge's relaxation of each candidate (ranked prediction).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: predictions/<formula>).")
 @OVERWRITE
@@ -51,7 +53,8 @@ def default_out(formula: str) -> Path:
               help="With --model default: the bundled generator of this kind; with a checkpoint: require that kind.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
-def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, out: Path | None, overwrite: bool, atoms: int | None, max_atoms: int | None, seed: int,
+def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, relax_steps: int,
+            out: Path | None, overwrite: bool, atoms: int | None, max_atoms: int | None, seed: int,
             steps: int | None, model: str, device: str, batch_size: int, progress: bool, energy_model: str | None,
             guidance_scale: float | None, method: str | None, compile_: bool) -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
@@ -61,7 +64,8 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
 
     if out is None:
         out = default_out(formula)
-    options = RankOptions(judge=judge, templates=None if templates == "none" else templates, candidates=candidates)
+    options = RankOptions(judge=judge, templates=None if templates == "none" else templates, candidates=candidates,
+                          relax_steps=relax_steps)
     with claim_output_dir(out, overwrite=overwrite):  # locked; a non-empty folder needs --overwrite
         summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                               energy_model=energy_model, guidance_scale=guidance_scale, method=method,
