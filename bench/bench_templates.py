@@ -23,13 +23,15 @@ from dao.formula import CellComposition
 from dao.templates import TemplateIndex
 
 SPLITS = {"mp20": "csp/mp_20/val.csv.gz", "perov": "csp/perov_5/val.csv.gz", "mpts": "csp/mpts_52/val.csv.gz"}
-VARIANTS = ("naive", "mendeleev", "en_radius", "en", "embedding", "substitution")
+VARIANTS = ("naive", "mendeleev", "en_radius", "en", "embedding", "substitution",
+            "en_radius+vote", "mendeleev+vote")
 
 
 def _variant(index: TemplateIndex, name: str, volume: str = "ratio") -> TemplateIndex:
     if name == "naive":
-        return index.with_options(similarity="en_radius", volume=volume, en_order=True)
-    return index.with_options(similarity=name, volume=volume, en_order=False)
+        return index.with_options(similarity="en_radius", volume=volume, en_order=True, vote=False)
+    similarity, _, vote = name.partition("+")
+    return index.with_options(similarity=similarity, volume=volume, en_order=False, vote=bool(vote))
 
 
 def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: int) -> dict:

@@ -160,3 +160,19 @@ def test_bundled_default_index_loads_and_proposes():
     cands = index.propose(parse_formula("KBr"), limit=3)
     assert len(cands) == 3 and all(c.structure.composition.reduced_formula == "KBr" for c in cands)
     assert cands[0].info["template_source"].split("/")[0] in {"mp_20", "mpts_52", "perov_5", "carbon_24", "pretrain"}
+
+
+def test_vote_sums_the_templates_that_give_the_same_structure(tmp_path):
+    structures = small_structures()
+    kcl = structures["NaCl"].copy()
+    kcl.replace_species({"Na": "K"})
+    kcl.scale_lattice(kcl.volume * 1.3)
+    index = TemplateIndex.build([write_csv(tmp_path / "c.csv", {"NaCl": structures["NaCl"], "KCl": kcl,
+                                                                "CsCl": structures["CsCl"]})])
+    plain = index.propose(parse_formula("RbBr"))
+    voted = index.with_options(vote=True).propose(parse_formula("RbBr"))
+    assert len(plain) == len(voted) == 2  # rock salt (from NaCl or KCl, merged) and CsCl type
+    rock = next(c for c in voted if c.info["spacegroup"] == 225)
+    sims = sorted(c.info["similarity"] for c in index.propose(parse_formula("RbBr"), limit=8))
+    assert rock.prior > rock.info["similarity"] and voted[0].prior >= voted[1].prior
+    assert len(sims) == 2

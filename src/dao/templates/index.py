@@ -48,8 +48,9 @@ class TemplateIndex:
     ``"template"`` (unscaled); ``en_order`` switches to the naive electronegativity-order assignment."""
 
     def __init__(self, arrays: TemplateArrays, similarity: str = DEFAULT_SIMILARITY, volume: str = "ratio",
-                 en_order: bool = False) -> None:
+                 en_order: bool = False, vote: bool = False) -> None:
         self.arrays, self.similarity, self.volume, self.en_order = arrays, similarity, volume, en_order
+        self.vote = vote
         self._by_proto: dict[tuple[int, ...], list[int]] = defaultdict(list)
         self._comps: list[list[tuple[int, int]]] = []
         for i in range(len(arrays)):
@@ -84,10 +85,10 @@ class TemplateIndex:
         return len(self._by_proto)
 
     def with_options(self, similarity: str | None = None, volume: str | None = None,
-                     en_order: bool | None = None) -> TemplateIndex:
+                     en_order: bool | None = None, vote: bool | None = None) -> TemplateIndex:
         """The same entries with other proposal options."""
         return TemplateIndex(self.arrays, similarity or self.similarity, volume or self.volume,
-                             self.en_order if en_order is None else en_order)
+                             self.en_order if en_order is None else en_order, self.vote if vote is None else vote)
 
     def without(self, ids: Iterable[str] = (), structures: Sequence[Structure] = ()) -> TemplateIndex:
         """The index minus entries whose id is in ``ids`` or whose structure matches one of ``structures``
@@ -96,7 +97,7 @@ class TemplateIndex:
         keep = [i for i in range(len(self)) if not is_excluded(
             str(self.arrays.ids[i]), self._numbers(i), lambda i=i: self.structure(i), id_set, guard)]
         return TemplateIndex(self.arrays.take(np.array(keep, dtype=np.int64)), self.similarity, self.volume,
-                             self.en_order)
+                             self.en_order, self.vote)
 
     def _numbers(self, i: int) -> np.ndarray:
         return self.arrays.numbers[self.arrays.offsets[i]:self.arrays.offsets[i + 1]].astype(np.int64)
@@ -139,19 +140,23 @@ class TemplateIndex:
         return sorted(firsts, key=lambda r: r[0]) + sorted(rest, key=lambda r: r[0])
 
     def propose(self, cell: CellComposition, limit: int = 8) -> list[Candidate]:
-        """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits."""
+        """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits. With
+        ``vote`` the scanned templates that give the same structure add their similarity to it, and candidates
+        are ordered by that sum (``prior``) instead of by their best similarity."""
         from pymatgen.core import Element
 
         seen = StructureDeduplicator()  # equivalent substitutions: StructureMatcher within a space group
         out: list[Candidate] = []
         for d, i, mapping, m in self.ranked(cell)[: max(limit * _SCAN, _MIN_SCAN)]:
-            if len(out) >= limit:
+            if len(out) >= limit and not self.vote:
                 break
             s = self.structure(i, mapping)
             if m > 1:
                 s.make_supercell([m, 1, 1])
             sg = int(self.arrays.spacegroup[i])
-            if seen.add(sg, s, None)[0] != "kept":
+            verdict, rep = seen.add(sg, s, len(out))
+            if verdict != "kept":
+                out[rep].prior += math.exp(-d) if self.vote else 0.0
                 continue
             info = {"template_id": str(self.arrays.ids[i]),
                     "template_formula": reduced_formula_of(self._numbers(i).tolist()),
@@ -159,5 +164,4 @@ class TemplateIndex:
                     "assignment": {Element.from_Z(a).symbol: Element.from_Z(b).symbol for a, b in mapping.items()},
                     "spacegroup": sg, "similarity": math.exp(-d), "supercell": m}
             out.append(Candidate(cell, s, "template", info, prior=math.exp(-d)))
-        return out
-
+        return sorted(out, key=lambda c: -c.prior)[:limit] if self.vote else out
