@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 DEFAULT_INDEX = "templates_default.npz"
-DEFAULT_SIMILARITY = "mendeleev"
+DEFAULT_SIMILARITY = "en_radius"  # measured best of en_radius / mendeleev (docs/templates.md)
 _SCAN = 6  # candidates examined per requested one (dedup of equivalent substitutions), at least _MIN_SCAN
 _MIN_SCAN = 64
 
