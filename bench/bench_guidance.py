@@ -48,7 +48,7 @@ def main() -> None:
 
     from dao.formula import CellComposition
     from dao.crystal import Crystal
-    from dao.data.readers import iter_csv_rows
+    from dao.data.records import iter_csv_rows
     from dao.evaluate import evaluate, load_references
     from dao.models.checkpoint import load_energy_model, load_generator
     from dao.models.energy import predict_energies

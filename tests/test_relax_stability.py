@@ -152,7 +152,7 @@ def test_default_hull_never_exceeds_the_labelled_e_above_hull():
     MP's own label, and equals it where the competing phases are at hand."""
     from pymatgen.core import Composition
 
-    from dao.data.readers import iter_csv_rows
+    from dao.data.records import iter_csv_rows
     from dao.stability import ReferenceHull
 
     hull = ReferenceHull.default(shared_data_dir())

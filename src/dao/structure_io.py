@@ -8,7 +8,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 
 #: output folders this process holds (resolved path → lock file handle), so that nested claims are re-entrant
@@ -89,12 +89,25 @@ def staged_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` all-or-nothing: ``write(fh)`` fills a temporary binary file in the same folder, which is
+    then renamed into place (readable by all, as a shared file should be); on any error nothing is left."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file (UTF-8) all-or-nothing."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def symmetry_info(structure: Any, symprec: float = 0.1) -> dict:

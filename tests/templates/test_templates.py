@@ -138,6 +138,13 @@ def test_cli_builds_an_index_with_its_card(tmp_path):
     assert card["entries"] == 4 and card["sources"][0]["excluded"] == 1 and len(card["sources"][0]["sha256"]) == 64
     assert card["excluded"][0]["path"] == str(split)
     assert len(TemplateIndex.load(tmp_path / "out" / "templates.npz")) == 4
+    again = ["templates", "build", str(src), "--out", str(tmp_path / "out"), "--no-progress"]
+    res = CliRunner().invoke(cli, again)  # a second build into the same folder: refused, first one intact
+    assert res.exit_code != 0 and "not empty" in str(res.exception) + res.output
+    assert len(TemplateIndex.load(tmp_path / "out" / "templates.npz")) == 4
+    res = CliRunner().invoke(cli, again + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert len(TemplateIndex.load(tmp_path / "out" / "templates.npz")) == 5  # replaced as a whole
 
 
 def test_cli_missing_source_is_one_line_error(tmp_path, capsys):

@@ -14,8 +14,7 @@ from typing import Callable, Sequence
 from dao.crystal import Crystal
 from dao.data.cache import cached_read
 from dao.data.crysdb.store import is_crysdb, read_crysdb
-from dao.data.records import (iter_csv_rows, open_text, read_csv_table, record_from_cif_file,  # noqa: F401
-                              structure_from_cif_string)
+from dao.data.records import record_from_cif_file
 from dao.data.sources import READERS, Reader, known_types, reader_for
 from dao.errors import DAOError, StructureReadError
 

@@ -6,8 +6,6 @@ config and meta hold only plain Python types (dict, list, str, int, float, bool,
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dao.errors import CheckpointError, ConfigError
+from dao.structure_io import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from dao.models.energy import DAOEnergyModel
@@ -31,17 +30,8 @@ DEFAULT_MODELS = {"generator": DEFAULT_GENERATOR, "energy": DEFAULT_ENERGY}
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save`` all-or-nothing (see :func:`dao.structure_io.atomic_write`)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = None) -> None:

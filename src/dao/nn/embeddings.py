@@ -9,7 +9,6 @@ from importlib import resources
 import torch
 from torch import nn
 
-from dao.constants import MAX_Z  # the table covers Z = 1..MAX_Z
 
 
 @lru_cache(maxsize=1)

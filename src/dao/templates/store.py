@@ -7,8 +7,6 @@ rows in Å, ``ids`` (M,) str, ``source`` (M,) int16 index into ``sources`` (str)
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dao.errors import DAOError
+from dao.structure_io import atomic_write
 
 FORMAT_VERSION = 1
 _KEYS = ("numbers", "frac", "offsets", "lattices", "ids", "source", "sources", "spacegroup")
@@ -54,19 +53,8 @@ class TemplateArrays:
 
 def save_arrays(arrays: TemplateArrays, path: str | Path) -> None:
     """Write atomically (a temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, format_version=np.array([FORMAT_VERSION]),
-                                **{k: getattr(arrays, k) for k in _KEYS})
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; an index is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda fh: np.savez_compressed(fh, format_version=np.array([FORMAT_VERSION]),
+                                                      **{k: getattr(arrays, k) for k in _KEYS}))
 
 
 def load_arrays(path: str | Path) -> TemplateArrays:
