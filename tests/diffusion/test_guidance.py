@@ -168,7 +168,7 @@ def test_predict_api_with_energy_guidance(tiny_checkpoint, tiny_energy_checkpoin
     from dao.models.checkpoint import load_generator
 
     gen_model = load_generator(tiny_checkpoint)
-    kw = dict(n=2, model=gen_model, steps=4, device="cpu", seed=3)
+    kw = dict(n=2, model=gen_model, steps=4, device="cpu", seed=3, rank=False)  # the raw (guided) samples
     plain = dao.predict("NaCl", **kw)
     guided = dao.predict("NaCl", energy_model=tiny_energy_checkpoint, guidance_scale=20.0, **kw)
     assert len(guided) == 2 and all(s.composition.reduced_formula == "NaCl" for s in guided)
