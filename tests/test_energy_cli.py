@@ -24,9 +24,10 @@ def test_energy_prints_one_json_line_per_structure_and_skips_bad_files(tmp_path,
     out = tmp_path / "e.jsonl"
     proc = run_dao("energy", str(good[0]), str(bad), str(good[1]), "--model", str(tiny_energy_checkpoint),
                    "--out", str(out), "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # the good files are processed; the bad one makes the exit code 1
     err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(err) == 1 and "broken.cif" in err[0] and err[0].startswith("dao: error:")
+    assert len(err) == 2 and "broken.cif" in err[0] and err[0].startswith("dao: error:")
+    assert "1 input(s) could not be used" in err[1]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
     assert [r["name"] for r in rows] == ["NaCl", "TiO2"] and [r["num_atoms"] for r in rows] == [2, 6]
     assert all(math.isfinite(r["e_above_hull_pred"]) for r in rows)
@@ -105,3 +106,30 @@ def test_energy_table_and_jsonl_formatting(tmp_path):
     assert [json.loads(line) for line in energy_jsonl(rows).splitlines()] == rows
     write_energy_jsonl(rows, tmp_path / "sub" / "e.jsonl")
     assert (tmp_path / "sub" / "e.jsonl").read_text() == energy_jsonl(rows) + "\n"
+
+
+def test_unsupported_species_and_non_finite_files_are_listed_and_the_good_ones_processed(tmp_path,
+                                                                                        tiny_energy_checkpoint):
+    """Og (Z > 100), an unknown symbol (a pymatgen dummy species) and NaN coordinates: each file is one
+    clear error line; the good files of the same call are processed, by `dao energy` and by `dao relax`."""
+    from pymatgen.core import Lattice, Structure
+
+    good = write_cifs(tmp_path)
+    og = tmp_path / "og.cif"
+    Structure(Lattice.cubic(5.0), ["Og", "Og"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(og))
+    dummy = tmp_path / "dummy.cif"
+    dummy.write_text(good[0].read_text().replace("Cl", "Xx"))
+    nan = tmp_path / "nan.cif"
+    nan.write_text(good[0].read_text().replace("0.50000000  0.50000000  0.50000000", "nan  0.5  0.5"))
+    bad = [og, dummy, nan]
+    files = [str(good[0]), *map(str, bad), str(good[1])]
+    proc = run_dao("energy", *files, "--model", str(tiny_energy_checkpoint), "--device", "cpu")
+    assert proc.returncode == 1, proc.stderr
+    assert [json.loads(ln)["name"] for ln in proc.stdout.splitlines() if ln.strip()] == ["NaCl", "TiO2"]
+    for needle in ("og.cif: element Og (Z = 118) is not supported", "dummy.cif: unsupported species", "nan.cif"):
+        assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = tmp_path / "relaxed"
+    proc = run_dao("relax", *files, "--model", str(tiny_energy_checkpoint), "--out", str(out), "--steps", "2")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads((out / "summary.json").read_text())["num_inputs"] == 2

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from dao.cell import canonical_lattice, niggli_reduce
+from dao.constants import MAX_Z
 from dao.errors import StructureReadError
 
 __all__ = ["Crystal", "CrystalBatch", "canonical_lattice", "structures_to_crystals"]
@@ -55,6 +56,7 @@ class Crystal:
             raise StructureReadError("disordered structure (partial occupancies) is not supported")
         if len(structure) == 0:
             raise StructureReadError("structure has no atoms")
+        check_species_and_coordinates(structure)
         s = structure
         if niggli:
             s = niggli_reduce(structure)  # bounded time; a degenerate cell is a StructureReadError
@@ -154,3 +156,19 @@ class CrystalBatch:
 
 def structures_to_crystals(structures: Iterable["Structure"], niggli: bool = True) -> list[Crystal]:
     return [Crystal.from_structure(s, niggli=niggli) for s in structures]
+
+
+def check_species_and_coordinates(structure: Structure) -> None:
+    """StructureReadError unless every site is a real element the models cover (1 ≤ Z ≤ MAX_Z; pymatgen reads
+    unknown symbols as dummy species) and every coordinate and lattice entry is finite."""
+    from pymatgen.core import Element
+
+    for site in structure:
+        el = site.specie
+        el = getattr(el, "element", el)  # an oxidation-state Species carries its element
+        if not isinstance(el, Element):
+            raise StructureReadError(f"unsupported species {str(site.specie)!r} (not a chemical element)")
+        if not 1 <= el.Z <= MAX_Z:
+            raise StructureReadError(f"element {el.symbol} (Z = {el.Z}) is not supported (Z ≤ {MAX_Z})")
+    if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
+        raise StructureReadError("non-finite lattice or coordinates")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE, echo_error
+from dao.cli.options import DEVICE, BadInputs
 
 
 @click.command("energy")
@@ -19,12 +19,14 @@ def energy(files: tuple[Path, ...], model: str, out: Path | None, fmt: str, devi
     """Predict the energy above hull (eV/atom) of structure FILES with DAO-P at t = 0.
 
     FILES are CIFs (or CSV/extxyz/folders). One JSON line (or table row) per structure on stdout; an
-    unreadable file gives one `dao: error:` line on stderr and is skipped. Exit code 2 only when nothing
-    could be read.
+    unreadable file gives one `dao: error:` line on stderr and is skipped; the exit code is then 1 (2 when
+    nothing could be read).
     """
     from dao.energy import energy_jsonl, energy_table, predict_energy_files, write_energy_jsonl
 
-    rows = predict_energy_files(files, model, device=device, batch_size=batch_size, on_error=echo_error)
+    bad = BadInputs()
+    rows = predict_energy_files(files, model, device=device, batch_size=batch_size, on_error=bad)
     click.echo(energy_jsonl(rows) if fmt == "jsonl" else energy_table(rows))
     if out is not None:
         write_energy_jsonl(rows, out)
+    bad.exit_if_any()

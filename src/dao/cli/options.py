@@ -1,6 +1,7 @@
 """Option types and decorators shared by several ``dao`` commands."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -52,6 +53,29 @@ def train_options(f: F) -> F:
 def echo_error(message: str) -> None:
     """Report one unreadable input as a ``dao: error:`` line on stderr (the command goes on)."""
     click.echo(f"dao: error: {message}", err=True)
+
+
+#: exit code of a multi-file command that processed its good inputs but was given bad ones
+EXIT_SOME_INPUTS_BAD = 1
+
+
+class BadInputs:
+    """The rule of multi-file commands (energy, relax, predict-property): every good input is processed and
+    every bad one reported as a ``dao: error:`` line; then the command exits 1 if any input was bad. When no
+    input is usable at all, the command fails with exit code 2 before writing anything."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        echo_error(message)
+
+    def exit_if_any(self) -> None:
+        if self.count:
+            click.echo(f"dao: {self.count} input(s) could not be used (listed above); the others were processed",
+                       err=True)
+            sys.exit(EXIT_SOME_INPUTS_BAD)
 
 
 def echo_stderr(message: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE, SEED, echo_error
+from dao.cli.options import DEVICE, SEED, BadInputs
 
 
 @click.command("tc")
@@ -41,5 +41,7 @@ def predict_property_command(files: tuple[Path, ...], model: Path, device: str) 
     """Predict a trained property for structure FILES (CIF, CSV, extxyz, folders); one JSON line each."""
     from dao.property_models import predict_property_files
 
-    for row in predict_property_files(files, model, device=device, on_error=echo_error):
+    bad = BadInputs()
+    for row in predict_property_files(files, model, device=device, on_error=bad):
         click.echo(json.dumps(row))
+    bad.exit_if_any()

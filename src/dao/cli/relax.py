@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from dao.cli.options import DEVICE, OVERWRITE, echo_error
+from dao.cli.options import DEVICE, OVERWRITE, BadInputs
 
 
 @click.command("relax")
@@ -42,9 +42,10 @@ def relax(files: tuple[Path, ...], potential: str, model: str, out: Path, overwr
     from dao.relax import run_relax
     from dao.structure_io import claim_output_dir
 
+    bad = BadInputs()
     with claim_output_dir(out, overwrite=overwrite):  # locked; a non-empty folder needs --overwrite
         summary = run_relax(files, model, out, steps=steps, fmax=fmax, device=device,
-                            max_volume_ratio=max_volume_ratio, relax_cell=not fixed_cell, on_error=echo_error,
+                            max_volume_ratio=max_volume_ratio, relax_cell=not fixed_cell, on_error=bad,
                             potential=potential, timeout=timeout, batch_size=batch_size,
                             trajectory_every=trajectory_every, progress=True)
     for r in summary["structures"]:
@@ -53,3 +54,4 @@ def relax(files: tuple[Path, ...], potential: str, model: str, out: Path, overwr
                        f"{r['energy_final']:.4f} eV/atom, V {r['volume_initial']:.1f} → {r['volume_final']:.1f} Å³")
     click.echo(f"relaxed {summary['num_written']} of {summary['num_inputs']} structures "
                f"({summary['num_converged']} converged) into {out} in {summary['seconds']:.1f} s")
+    bad.exit_if_any()
