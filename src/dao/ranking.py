@@ -14,16 +14,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from dao.candidates import SOURCES, Candidate
+from dao.cell import niggli_reduce
 from dao.constants import MIN_DISTANCE
 from dao.data.dedupe import StructureDeduplicator
-from dao.errors import DAOError
+from dao.errors import DAOError, StructureReadError
 from dao.formula import CellComposition
 from dao.templates import TemplateIndex
 
@@ -96,9 +96,10 @@ def validity_flags(structure: Structure) -> dict[str, Any]:
     lat = structure.lattice.matrix
     if not (np.isfinite(lat).all() and np.isfinite(structure.frac_coords).all() and abs(vol) > 0):
         return {"min_distance": None, "volume_per_atom": None, "valid": False}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reduced = structure.lattice.get_niggli_reduced_lattice()
+    try:  # bounded reduction (dao.cell): pymatgen's own can search for minutes on a degenerate cell
+        reduced = niggli_reduce(structure).lattice
+    except StructureReadError:
+        return {"min_distance": None, "volume_per_atom": round(vol, 4), "valid": False}
     dmin = float(min(reduced.abc))  # an atom and its own periodic image
     if n > 1:
         d = structure.distance_matrix
