@@ -11,7 +11,7 @@ from dao.config import Config
 from dao.crystal import CrystalBatch
 from dao.errors import ConfigError
 from dao.nn.attention import CrystalAttention, fourier_angles
-from dao.nn.embeddings import AtomEmbedding, sinusoidal_embedding
+from dao.nn.embeddings import ATOM_TABLES, AtomEmbedding, sinusoidal_embedding
 
 #: the output heads a Crysformer can carry: lattice (B, 3, 3), coordinates (N, 3), a scalar per crystal
 HEADS = ("lattice", "coord", "energy")
@@ -31,15 +31,27 @@ class CrysformerConfig(Config):
     ffn_mult: int = 4
     factored_edges: bool = True
     heads_out: list[str] = field(default_factory=lambda: ["lattice", "coord"])
+    # Architecture switches; the defaults are ours, ``OFFICIAL_ARCHITECTURE`` the official DAO code's
+    # (docs/convert.md). Checkpoints without these keys load with the defaults, i.e. unchanged.
+    atom_table: str = "dao"  # "dao" (ours) or "cgcnn" (the official CGCNN atom_init table)
+    atom_offset: bool = True  # learned per-element offset on top of the table (official: none)
+    gate_bias: bool = True  # bias of the gated residual's Linear(3d, 1) (official: bias=False)
+    final_norm: bool = True  # LayerNorm after the last layer (official decoder: ln: false)
 
     def validate(self) -> None:
         if min(self.hidden, self.layers, self.heads, self.num_freqs, self.time_dim, self.ffn_mult) < 1:
             raise ConfigError("config model: hidden, layers, heads, num_freqs, time_dim and ffn_mult must be ≥ 1")
         if self.hidden % self.heads:
             raise ConfigError(f"config model: hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.atom_table not in ATOM_TABLES:
+            raise ConfigError(f"config model.atom_table: {self.atom_table!r} is not one of {', '.join(ATOM_TABLES)}")
         unknown = sorted(set(self.heads_out) - set(HEADS))
         if unknown:
             raise ConfigError(f"config model.heads_out: unknown head(s) {', '.join(unknown)} (known: {', '.join(HEADS)})")
+
+
+#: the switches that give the official DAO architecture (see docs/convert.md)
+OFFICIAL_ARCHITECTURE = {"atom_table": "cgcnn", "atom_offset": False, "gate_bias": False, "final_norm": False}
 
 
 def with_heads(cfg: CrysformerConfig, heads: Iterable[str]) -> CrysformerConfig:
@@ -60,9 +72,9 @@ class CrysformerOutput(NamedTuple):
 class GatedResidual(nn.Module):
     """out = g·x + (1 − g)·m with one gate g = sigmoid(w·[x; m; x − m]) per atom."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, bias: bool = True) -> None:
         super().__init__()
-        self.gate = nn.Linear(3 * hidden, 1)
+        self.gate = nn.Linear(3 * hidden, 1, bias=bias)
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(torch.cat([x, m, x - m], dim=-1)))
@@ -75,10 +87,10 @@ class CrysformerLayer(nn.Module):
         d = cfg.hidden
         self.norm_attn = nn.LayerNorm(d)
         self.attn = CrystalAttention(d, cfg.heads, cfg.num_freqs, factored=cfg.factored_edges)
-        self.gate_attn = GatedResidual(d)
+        self.gate_attn = GatedResidual(d, cfg.gate_bias)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.GELU(), nn.Linear(cfg.ffn_mult * d, d))
-        self.gate_ffn = GatedResidual(d)
+        self.gate_ffn = GatedResidual(d, cfg.gate_bias)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, frac: torch.Tensor, gram: torch.Tensor,
                 fourier: torch.Tensor | None) -> torch.Tensor:
@@ -109,13 +121,13 @@ class Crysformer(nn.Module):
 
     def __init__(self, cfg: CrysformerConfig) -> None:
         super().__init__()
+        cfg.validate()
         self.cfg = cfg
         d = cfg.hidden
-        self.atom_embedding = AtomEmbedding(d)
+        self.atom_embedding = AtomEmbedding(d, cfg.atom_table, cfg.atom_offset)
         self.input = nn.Linear(d + cfg.time_dim, d)
         self.layers = nn.ModuleList([CrysformerLayer(cfg) for _ in range(cfg.layers)])
-        self.final_norm = nn.LayerNorm(d)
-        cfg.validate()
+        self.final_norm = nn.LayerNorm(d) if cfg.final_norm else None
         heads = set(cfg.heads_out)
         self.lattice_head = nn.Linear(d, 9, bias=False) if "lattice" in heads else None
         self.coord_head = nn.Linear(d, 3, bias=False) if "coord" in heads else None
@@ -131,7 +143,8 @@ class Crysformer(nn.Module):
         fourier = fourier_angles(frac, cfg.num_freqs) if cfg.factored_edges else None
         for layer in self.layers:
             h = layer(h, mask, frac, gram, fourier)
-        h = self.final_norm(h)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
         node = h[batch.batch, pos]
         m = mask.unsqueeze(-1).to(h.dtype)
         graph = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
