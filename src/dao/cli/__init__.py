@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from dao.cli.convert import convert_checkpoint_command
 from dao.cli.data import data_group
 from dao.cli.energy import energy
 from dao.cli.evaluate import evaluate_command
@@ -39,6 +40,7 @@ def cli(threads: int | None) -> None:
 
 for _command in (predict, benchmark, info, train, energy, tc, predict_property_command, relax):
     cli.add_command(_command)
+cli.add_command(convert_checkpoint_command)
 cli.add_command(data_group, "data")
 cli.add_command(evaluate_command, "evaluate")
 cli.add_command(__import__("dao.cli.templates", fromlist=["x"]).templates_group, "templates")

@@ -1,0 +1,151 @@
+"""`dao convert-checkpoint`: official DAO checkpoints → DAO models (docs/convert.md).
+
+The fixture tests/models/data/official_small.pt was made by tools/make_official_fixture.py, which ran the
+official module code (GLAD-RUC/DAO) on a small random network; the converted models must reproduce its
+lattice, coordinate, energy and property outputs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dao.cli import main
+from dao.crystal import CrystalBatch
+from dao.errors import CheckpointError
+from dao.models.checkpoint import load_model
+from dao.models.convert import convert_checkpoint, safe_load
+
+FIXTURE = Path(__file__).parent / "data" / "official_small.pt"
+
+
+@pytest.fixture(scope="module")
+def fixture() -> dict:
+    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+
+
+def official_ckpt(path: Path, fixture: dict, kind: str, drop: tuple[str, ...] = (), **extra) -> Path:
+    """A Lightning-style checkpoint of ``kind`` made of the fixture's official weights."""
+    state = {k: v for k, v in fixture["state_dict"].items()
+             if not k.startswith(drop) and (kind == "property" or not k.startswith("predictor."))}
+    torch.save({"state_dict": state, "hyper_parameters": fixture["hyper_parameters"], "epoch": 7,
+                "pytorch-lightning_version": "2.1.0", **extra}, path)
+    return path
+
+
+def fixture_batch(fixture: dict) -> CrystalBatch:
+    x = fixture["inputs"]
+    return CrystalBatch(atom_types=x["atom_types"], frac=x["frac"], lattice=x["lattice"], num_atoms=x["num_atoms"],
+                        batch=torch.repeat_interleave(torch.arange(len(x["num_atoms"])), x["num_atoms"]))
+
+
+@pytest.mark.parametrize("kind", ["generator", "energy", "property"])
+def test_converted_model_reproduces_the_official_outputs(tmp_path, fixture, kind):
+    src = official_ckpt(tmp_path / "official.ckpt", fixture, kind)
+    summary = convert_checkpoint(src, kind, tmp_path / "model.pt")
+    model = load_model(tmp_path / "model.pt", kind).double()
+    cfg = model.config.model
+    assert (cfg.hidden, cfg.layers, cfg.heads, cfg.num_freqs, cfg.time_dim) == (32, 2, 4, 16, 256)
+    assert (cfg.atom_table, cfg.atom_offset, cfg.gate_bias, cfg.final_norm) == ("cgcnn", False, False, False)
+    assert summary["tensors"] == len(model.state_dict())
+    batch, expected = fixture_batch(fixture), fixture["expected"]
+    with torch.no_grad():
+        if kind == "property":
+            torch.testing.assert_close(model(batch), expected["property"], rtol=0, atol=1e-5)
+            return
+        for s, times in enumerate(fixture["inputs"]["times"]):  # integer official times → our t = t_int / T
+            out = model.backbone(batch, times.double() / 1000)
+            torch.testing.assert_close(out.lattice, expected["lattice"][s], rtol=0, atol=1e-5)
+            torch.testing.assert_close(out.coord, expected["coord"][s], rtol=0, atol=1e-5)
+            if kind == "energy":
+                torch.testing.assert_close(out.energy, expected["energy"][s], rtol=0, atol=1e-5)
+    assert float(expected["lattice"].abs().max()) > 0.1  # the comparison is not between near-zero outputs
+
+
+def test_refuses_what_it_cannot_map(tmp_path, fixture):
+    def fails(ckpt: Path, kind: str, needle: str, **kw) -> None:
+        with pytest.raises(CheckpointError, match=needle):
+            convert_checkpoint(ckpt, kind, tmp_path / "out.pt", **kw)
+        assert not (tmp_path / "out.pt").exists()
+
+    full = tmp_path / "full.ckpt"
+    torch.save({"state_dict": fixture["state_dict"], "hyper_parameters": fixture["hyper_parameters"]}, full)
+    fails(full, "generator", "unexpected key 'predictor.0.weight'")
+    fails(official_ckpt(tmp_path / "a.ckpt", fixture, "energy", drop=("decoder.scalar_out.2.bias",)), "energy",
+          "missing key 'decoder.scalar_out.2.bias'")
+    fails(official_ckpt(tmp_path / "b.ckpt", fixture, "generator", drop=("decoder.block_1.ffn.norm.bias",)),
+          "generator", "missing key 'decoder.block_1.ffn.norm.bias'")
+    state = dict(fixture["state_dict"], **{"decoder.block_0.attention.fn.to_kv.bias": torch.zeros(10)})
+    torch.save({"state_dict": state, "hyper_parameters": fixture["hyper_parameters"]}, tmp_path / "c.ckpt")
+    fails(tmp_path / "c.ckpt", "property", "to_kv / edges_to_kv.bias have the wrong shape")
+    table = fixture["state_dict"]["decoder.embedding_in.0.weight"].clone()
+    table[8, 0] = 1.0
+    torch.save({"state_dict": dict(fixture["state_dict"], **{"decoder.embedding_in.0.weight": table}),
+                "hyper_parameters": fixture["hyper_parameters"]}, tmp_path / "d.ckpt")
+    fails(tmp_path / "d.ckpt", "property", "differs from the CGCNN table at Z = 8")
+    torch.save({"state_dict": fixture["state_dict"]}, tmp_path / "e.ckpt")  # no hyper-parameters: heads unknown
+    fails(tmp_path / "e.ckpt", "property", "pass it with --heads")
+    convert_checkpoint(tmp_path / "e.ckpt", "property", tmp_path / "ok.pt", heads=4)
+    fails(tmp_path / "nope.ckpt", "energy", "checkpoint not found")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    fails(tmp_path / "junk.ckpt", "energy", "unreadable checkpoint")
+    fails(tmp_path / "ok.pt", "property", "already a DAO checkpoint")
+
+
+class HyperParameters:
+    """Stands for an object the loader must not import (an OmegaConf DictConfig, say): pickled by
+    reference to this module, with its content in its state as DictConfig keeps it."""
+
+    def __init__(self, content: dict) -> None:
+        self._content = content
+
+
+class Boobytrap:
+    """Unpickling this would call os.remove on the sentinel file."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.remove, (str(self.sentinel),))
+
+
+def test_loading_runs_no_pickled_code(tmp_path, fixture):
+    hp = HyperParameters({"decoder": {"head_num": 4}, "optim": {"lr": 3e-4}})
+    src = official_ckpt(tmp_path / "official.ckpt", fixture, "energy", hyper_parameters=hp)
+    with pytest.raises(Exception):  # plain weights-only loading refuses the file
+        torch.load(src, weights_only=True)
+    loaded = safe_load(src)
+    assert type(loaded["hyper_parameters"]).__name__ == "HyperParameters"
+    assert not isinstance(loaded["hyper_parameters"], HyperParameters)  # a stand-in, not the real class
+    summary = convert_checkpoint(src, "energy", tmp_path / "dao_p.pt")
+    assert summary["config"]["model"]["heads"] == 4  # read through the stand-in's recorded state
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("still here")
+    trap = official_ckpt(tmp_path / "trap.ckpt", fixture, "energy", callbacks=Boobytrap(sentinel))
+    with pytest.raises(CheckpointError, match=r"refused checkpoint .*posix\.remove"):
+        convert_checkpoint(trap, "energy", tmp_path / "trap.pt")
+    assert sentinel.read_text() == "still here" and not (tmp_path / "trap.pt").exists()
+
+
+def test_cli_converts_then_predicts_with_guidance(tmp_path, fixture, capsys):
+    gen = official_ckpt(tmp_path / "dao_g.ckpt", fixture, "generator")
+    energy = official_ckpt(tmp_path / "dao_p.ckpt", fixture, "energy")
+    main(["convert-checkpoint", str(gen), "--kind", "generator", "--out", str(tmp_path / "g.pt")])
+    main(["convert-checkpoint", str(energy), "--kind", "energy", "--out", str(tmp_path / "p.pt")])
+    assert "4 heads" in capsys.readouterr().err
+    out = tmp_path / "pred"
+    main(["predict", "LiO2", "--model", str(tmp_path / "g.pt"), "--no-rank", "--steps", "3", "-n", "2",
+          "--energy-model", str(tmp_path / "p.pt"), "--guidance-scale", "5", "--out", str(out),
+          "--no-progress", "--device", "cpu"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(list(out.glob("*.cif"))) == 2, sorted(p.name for p in out.iterdir())
+    assert "p.pt" in json.dumps(summary)
+    with pytest.raises(SystemExit) as exc:  # refused input: one line, exit 2, nothing written
+        main(["convert-checkpoint", str(gen), "--kind", "property", "--out", str(tmp_path / "bad.pt")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dao: error: official checkpoint: missing key 'predictor.")
+    assert not (tmp_path / "bad.pt").exists()
