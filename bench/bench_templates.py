@@ -21,20 +21,24 @@ from dao.data.readers import read_csv
 from dao.evaluate import evaluate
 from dao.formula import CellComposition
 from dao.templates import TemplateIndex
+from dao.templates.ranker import TemplateRanker, default_ranker_path
 
 SPLITS = {"mp20": "csp/mp_20/val.csv.gz", "perov": "csp/perov_5/val.csv.gz", "mpts": "csp/mpts_52/val.csv.gz"}
 VARIANTS = ("naive", "mendeleev", "en_radius", "en", "embedding", "substitution",
-            "en_radius+vote", "mendeleev+vote")
+            "en_radius+vote", "mendeleev+vote", "en_radius+ranker")
 
 
-def _variant(index: TemplateIndex, name: str, volume: str = "ratio") -> TemplateIndex:
+def _variant(index: TemplateIndex, name: str, volume: str = "ratio", ranker: str | None = None) -> TemplateIndex:
+    """``naive``, ``<similarity>``, ``<similarity>+vote`` or ``<similarity>+ranker`` (the learned order)."""
     if name == "naive":
-        return index.with_options(similarity="en_radius", volume=volume, en_order=True, vote=False)
-    similarity, _, vote = name.partition("+")
-    return index.with_options(similarity=similarity, volume=volume, en_order=False, vote=bool(vote))
+        return index.with_options(similarity="en_radius", volume=volume, en_order=True).with_ranker(None)
+    similarity, _, mode = name.partition("+")
+    plain = index.with_options(similarity=similarity, volume=volume, en_order=False, vote=mode == "vote")
+    return plain.with_ranker(TemplateRanker.load(ranker or default_ranker_path()) if mode == "ranker" else None)
 
 
-def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: int) -> dict:
+def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: int, ranker: str | None = None
+              ) -> dict:
     crystals, _ = read_csv(data_dir() / SPLITS[split])
     everything = [c.to_structure() for c in crystals]
     t0 = time.perf_counter()
@@ -44,7 +48,7 @@ def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: 
     refs = everything[:n]
     for name in variants:
         for volume in (("ratio", "template") if name == variants[-1] else ("ratio",)):
-            idx = _variant(guarded, name, volume)
+            idx = _variant(guarded, name, volume, ranker)
             t0 = time.perf_counter()
             preds = {i: [c.structure for c in idx.propose(CellComposition.of_structure(r), limit=k)]
                      for i, r in enumerate(refs)}
@@ -69,13 +73,14 @@ def main() -> None:
     p.add_argument("--perov", type=int, default=500)
     p.add_argument("--mpts", type=int, default=300)
     p.add_argument("--k", type=int, default=5)
+    p.add_argument("--ranker", default=None, help="ranker file for the +ranker variants (default: the bundled one)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     a = p.parse_args()
     torch.set_num_threads(1)
     index = TemplateIndex.load(a.index)
     variants = [v for v in a.variants.split(",") if v]
     result = {"index_entries": len(index), "k": a.k,
-              **{s: run_split(index, s, n, variants, a.k) for s, n in (("mp20", a.mp20), ("perov", a.perov),
+              **{s: run_split(index, s, n, variants, a.k, a.ranker) for s, n in (("mp20", a.mp20), ("perov", a.perov),
                                                                       ("mpts", a.mpts)) if n > 0}}
     print(json.dumps(result, indent=1))
 

@@ -17,7 +17,7 @@ from functools import reduce
 from importlib import resources
 from math import gcd
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from dao.formula import CellComposition, reduced_formula_of
 from dao.templates.assign import assignments, distance
 from dao.templates.build import build_arrays, exclusion_guard, is_excluded
 from dao.templates.elements import atomic_volume, distance_matrix
+from dao.templates.ranker import RERANKED, Scanned, TemplateRanker, default_ranker_path, features
 from dao.templates.store import TemplateArrays, load_arrays, save_arrays
 
 if TYPE_CHECKING:
@@ -48,9 +49,9 @@ class TemplateIndex:
     ``"template"`` (unscaled); ``en_order`` switches to the naive electronegativity-order assignment."""
 
     def __init__(self, arrays: TemplateArrays, similarity: str = DEFAULT_SIMILARITY, volume: str = "ratio",
-                 en_order: bool = False, vote: bool = False) -> None:
+                 en_order: bool = False, vote: bool = False, ranker: TemplateRanker | None = None) -> None:
         self.arrays, self.similarity, self.volume, self.en_order = arrays, similarity, volume, en_order
-        self.vote = vote
+        self.vote, self.ranker = vote, ranker
         self._by_proto: dict[tuple[int, ...], list[int]] = defaultdict(list)
         self._comps: list[list[tuple[int, int]]] = []
         for i in range(len(arrays)):
@@ -66,11 +67,15 @@ class TemplateIndex:
         return cls(build_arrays(sources, exclude, max_atoms, progress)[0])
 
     @classmethod
-    def load(cls, path: str | Path = "default") -> TemplateIndex:
-        """Load an index file; ``"default"`` is the one bundled with DAO."""
+    def load(cls, path: str | Path = "default", ranker: str | Path | None = "default") -> TemplateIndex:
+        """Load an index file; ``"default"`` is the one bundled with DAO. ``ranker`` orders its candidates:
+        a ranker file, ``"default"`` (the bundled learned ranker, when the package has one) or None
+        (similarity order)."""
         if str(path) == "default":
             path = Path(str(resources.files("dao.resources").joinpath(DEFAULT_INDEX)))
-        return cls(load_arrays(path))
+        if ranker is not None and str(ranker) == "default":
+            ranker = default_ranker_path() if default_ranker_path().is_file() else None
+        return cls(load_arrays(path), ranker=TemplateRanker.load(ranker) if ranker is not None else None)
 
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` (atomically)."""
@@ -88,7 +93,12 @@ class TemplateIndex:
                      en_order: bool | None = None, vote: bool | None = None) -> TemplateIndex:
         """The same entries with other proposal options."""
         return TemplateIndex(self.arrays, similarity or self.similarity, volume or self.volume,
-                             self.en_order if en_order is None else en_order, self.vote if vote is None else vote)
+                             self.en_order if en_order is None else en_order, self.vote if vote is None else vote,
+                             self.ranker)
+
+    def with_ranker(self, ranker: TemplateRanker | None) -> TemplateIndex:
+        """The same entries and options, candidates ordered by ``ranker`` (None: by similarity)."""
+        return TemplateIndex(self.arrays, self.similarity, self.volume, self.en_order, self.vote, ranker)
 
     def without(self, ids: Iterable[str] = (), structures: Sequence[Structure] = ()) -> TemplateIndex:
         """The index minus entries whose id is in ``ids`` or whose structure matches one of ``structures``
@@ -97,7 +107,7 @@ class TemplateIndex:
         keep = [i for i in range(len(self)) if not is_excluded(
             str(self.arrays.ids[i]), self._numbers(i), lambda i=i: self.structure(i), id_set, guard)]
         return TemplateIndex(self.arrays.take(np.array(keep, dtype=np.int64)), self.similarity, self.volume,
-                             self.en_order, self.vote)
+                             self.en_order, self.vote, self.ranker)
 
     def _numbers(self, i: int) -> np.ndarray:
         return self.arrays.numbers[self.arrays.offsets[i]:self.arrays.offsets[i + 1]].astype(np.int64)
@@ -139,29 +149,64 @@ class TemplateIndex:
                 rest += [(d, i, a, m) for d, a in options[1:]]
         return sorted(firsts, key=lambda r: r[0]) + sorted(rest, key=lambda r: r[0])
 
-    def propose(self, cell: CellComposition, limit: int = 8) -> list[Candidate]:
-        """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits. With
-        ``vote`` the scanned templates that give the same structure add their similarity to it, and candidates
-        are ordered by that sum (``prior``) instead of by their best similarity."""
+    def scan(self, cell: CellComposition, depth: int, skip: Callable[[int], bool] | None = None,
+             stop_at: int | None = None) -> list[tuple[Candidate, Scanned]]:
+        """The distinct candidates among the first ``depth`` (template, assignment) pairs of :meth:`ranked`,
+        in that order, each with the facts the learned ranker scores (:class:`dao.templates.ranker.Scanned`);
+        a later pair that gives the same structure adds a vote to the earlier one. ``skip(entry)`` True
+        leaves an entry out (the leave-one-out guard when training the ranker); the scan stops once
+        ``stop_at`` candidates are kept."""
         from pymatgen.core import Element
 
         seen = StructureDeduplicator()  # equivalent substitutions: StructureMatcher within a space group
-        out: list[Candidate] = []
-        for d, i, mapping, m in self.ranked(cell)[: max(limit * _SCAN, _MIN_SCAN)]:
-            if len(out) >= limit and not self.vote:
+        out: list[tuple[Candidate, Scanned]] = []
+        best_done: set[int] = set()
+        for d, i, mapping, m in self.ranked(cell)[:depth]:
+            if stop_at is not None and len(out) >= stop_at:
                 break
+            if skip is not None and skip(i):
+                continue
             s = self.structure(i, mapping)
             if m > 1:
                 s.make_supercell([m, 1, 1])
             sg = int(self.arrays.spacegroup[i])
             verdict, rep = seen.add(sg, s, len(out))
             if verdict != "kept":
-                out[rep].prior += math.exp(-d) if self.vote else 0.0
+                out[rep][1].votes += 1
+                out[rep][1].vote_similarity += math.exp(-d)
                 continue
+            numbers = self._numbers(i)
+            facts = Scanned(
+                template=self._comps[i], mapping=mapping,
+                rank=len(out), best_of_template=i not in best_done, votes=1, vote_similarity=math.exp(-d),
+                prototype_count=len(self._by_proto[_prototype(n for _, n in self._comps[i])]),
+                volume_ratio=atomic_volume(np.array([mapping[int(z)] for z in numbers])) / atomic_volume(numbers),
+                supercell=m, atoms=len(s), elements=len(self._comps[i]), spacegroup=sg,
+                source=str(self.arrays.sources[self.arrays.source[i]]))
+            best_done.add(i)
             info = {"template_id": str(self.arrays.ids[i]),
-                    "template_formula": reduced_formula_of(self._numbers(i).tolist()),
-                    "template_source": str(self.arrays.sources[self.arrays.source[i]]),
+                    "template_formula": reduced_formula_of(numbers.tolist()),
+                    "template_source": facts.source,
                     "assignment": {Element.from_Z(a).symbol: Element.from_Z(b).symbol for a, b in mapping.items()},
                     "spacegroup": sg, "similarity": math.exp(-d), "supercell": m}
-            out.append(Candidate(cell, s, "template", info, prior=math.exp(-d)))
-        return sorted(out, key=lambda c: -c.prior)[:limit] if self.vote else out
+            out.append((Candidate(cell, s, "template", info, prior=math.exp(-d)), facts))
+        return out
+
+    def propose(self, cell: CellComposition, limit: int = 8) -> list[Candidate]:
+        """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits. The order
+        is the learned ranker's when the index has one (``ranker``), else by summed similarity of the
+        templates giving each structure (``vote``), else by the best similarity."""
+        depth = max(limit * _SCAN, _MIN_SCAN)
+        if self.ranker is None and not self.vote:  # plain order: stop scanning once enough are kept
+            return [c for c, _ in self.scan(cell, depth, stop_at=limit)]
+        scanned = self.scan(cell, depth)
+        if self.ranker is not None and scanned:
+            scanned = scanned[:RERANKED]
+            scores = self.ranker.score(np.stack([features(f) for _, f in scanned]))
+            for (c, _), sc in zip(scanned, scores):
+                c.prior = float(1.0 / (1.0 + math.exp(-sc)))
+        else:
+            for c, f in scanned:
+                c.prior = f.vote_similarity
+        order = sorted(range(len(scanned)), key=lambda j: (-scanned[j][0].prior, j))
+        return [scanned[j][0] for j in order[:limit]]
