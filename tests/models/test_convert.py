@@ -16,7 +16,7 @@ from dao.cli import main
 from dao.crystal import CrystalBatch
 from dao.errors import CheckpointError
 from dao.models.checkpoint import load_model
-from dao.models.convert import convert_checkpoint, safe_load
+from dao.models.convert import convert_checkpoint, read_scaler, safe_load
 
 FIXTURE = Path(__file__).parent / "data" / "official_small.pt"
 
@@ -128,6 +128,28 @@ def test_loading_runs_no_pickled_code(tmp_path, fixture):
     with pytest.raises(CheckpointError, match=r"refused checkpoint .*posix\.remove"):
         convert_checkpoint(trap, "energy", tmp_path / "trap.pt")
     assert sentinel.read_text() == "still here" and not (tmp_path / "trap.pt").exists()
+
+
+class StandardScalerTorch:
+    """Laid out as the official scaler objects saved beside the checkpoints (prop_scaler.pt)."""
+
+    def __init__(self, means: torch.Tensor, stds: torch.Tensor) -> None:
+        self.means, self.stds = means, stds
+
+
+def test_scaler_file_sets_the_standardisation(tmp_path, fixture):
+    torch.save(StandardScalerTorch(torch.tensor([0.25]), torch.tensor([1.5])), tmp_path / "prop_scaler.pt")
+    assert read_scaler(tmp_path / "prop_scaler.pt") == (0.25, 1.5)
+    src = official_ckpt(tmp_path / "ft.ckpt", fixture, "property")
+    summary = convert_checkpoint(src, "property", tmp_path / "prop.pt", scaler=tmp_path / "prop_scaler.pt")
+    assert (summary["config"]["mean"], summary["config"]["std"]) == (0.25, 1.5)
+    model = load_model(tmp_path / "prop.pt", "property").double()
+    with torch.no_grad():  # predictions in target units: official standardised output · std + mean
+        got = model.predict(fixture_batch(fixture))
+    torch.testing.assert_close(got, fixture["expected"]["property"] * 1.5 + 0.25, rtol=0, atol=1e-5)
+    torch.save({"means": "x"}, tmp_path / "bad_scaler.pt")
+    with pytest.raises(CheckpointError, match="not an official scaler"):
+        read_scaler(tmp_path / "bad_scaler.pt")
 
 
 def test_cli_converts_then_predicts_with_guidance(tmp_path, fixture, capsys):

@@ -19,11 +19,13 @@ import click
 @click.option("--mean", type=float, default=0.0, show_default=True,
               help="Mean of the official scalar target (energy/property; the official scaler is not in the checkpoint).")
 @click.option("--std", type=float, default=1.0, show_default=True, help="Std of the official scalar target.")
+@click.option("--scaler", type=click.Path(path_type=Path), default=None,
+              help="The official scaler file (prop_scaler.pt beside the checkpoint): mean and std from it.")
 @click.option("--max-atoms", type=click.IntRange(1), default=52, show_default=True,
               help="Largest cell the model is meant for (recorded in the config; MP-20: 20, MPTS-52: 52).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def convert_checkpoint_command(official: Path, kind: str, out: Path, heads: int | None, mean: float, std: float,
-                               max_atoms: int, overwrite: bool) -> None:
+                               max_atoms: int, scaler: Path | None, overwrite: bool) -> None:
     """Convert an OFFICIAL Lightning checkpoint (.ckpt) of DAO-G, DAO-P or a finetuned model into a DAO
     checkpoint, loaded without executing any code from the file.
 
@@ -38,4 +40,4 @@ def convert_checkpoint_command(official: Path, kind: str, out: Path, heads: int 
     if not (math.isfinite(mean) and math.isfinite(std)):
         raise DAOError("--mean and --std must be finite numbers")
     convert_checkpoint(official, kind, out, heads=heads, mean=mean, std=std, max_atoms=max_atoms,
-                       log=lambda line: click.echo(line, err=True))
+                       scaler=scaler, log=lambda line: click.echo(line, err=True))

@@ -266,6 +266,19 @@ def build_model(kind: str, backbone: CrysformerConfig, schedule: dict[str, Any],
     return cls(cls.config_class.from_dict(d))
 
 
+def read_scaler(path: str | Path) -> tuple[float, float]:
+    """(mean, std) of an official scaler file (``prop_scaler.pt`` beside the official checkpoints: a pickled
+    scaler object with ``means`` and ``stds``), read weights-only like a checkpoint."""
+    obj = safe_load(path)
+    state = vars(obj).get("recorded_state") if isinstance(obj, Opaque) else obj
+    state = state[0] if isinstance(state, tuple) and state else state
+    try:
+        mean, std = (float(torch.as_tensor(state[k]).reshape(-1)[0]) for k in ("means", "stds"))
+    except (TypeError, KeyError, IndexError, ValueError, RuntimeError):
+        raise CheckpointError(f"{path} is not an official scaler (no scalar 'means' and 'stds')") from None
+    return mean, std
+
+
 def _official_state(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(ckpt, dict) and "dao_format" in ckpt:
         raise CheckpointError(f"{path} is already a DAO checkpoint (nothing to convert)")
@@ -281,15 +294,18 @@ def _official_state(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def convert_checkpoint(src: str | Path, kind: str, out: str | Path, heads: int | None = None, mean: float = 0.0,
-                       std: float = 1.0, max_atoms: int = 52,
+                       std: float = 1.0, max_atoms: int = 52, scaler: str | Path | None = None,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Convert an official DAO checkpoint ``src`` into a DAO checkpoint of ``kind`` at ``out``.
 
     ``mean``/``std``: the standardisation of the official model's scalar target (the official scaler is
-    not stored in its checkpoint; 0/1 keeps the official model's standardised units). Returns a summary
-    (kind, config, counts of converted and ignored tensors)."""
+    not stored in its checkpoint; 0/1 keeps the official model's standardised units), or ``scaler``: the
+    official scaler file to read them from. Returns a summary (kind, config, counts of converted and
+    ignored tensors)."""
     if kind not in KINDS:
         raise CheckpointError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    if scaler is not None:
+        mean, std = read_scaler(scaler)
     if not (std > 0 and mean == mean):
         raise CheckpointError(f"--std must be > 0 and --mean a number, got mean {mean}, std {std}")
     path = Path(src)
