@@ -63,8 +63,9 @@ def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np
 
 def generate(model: DAOGenerator, cells: Sequence[CellComposition], n: int, seed: int = 0,
              steps: int | None = None, batch_size: int = 64, guidance: Sequence[GuidanceTerm] = (),
-             progress: bool = False) -> list[Sample]:
-    """Sample ``n`` structures for each cell with a loaded generator, in batches of ``batch_size``."""
+             progress: bool = False, step_lr: float | None = None) -> list[Sample]:
+    """Sample ``n`` structures for each cell with a loaded generator, in batches of ``batch_size``
+    (``step_lr``: the diffusion corrector step size; default: the model's)."""
     device = next(model.parameters()).device
     jobs = [(cell, i) for cell in cells for i in range(n)]
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -73,7 +74,7 @@ def generate(model: DAOGenerator, cells: Sequence[CellComposition], n: int, seed
         chunk = jobs[start:start + batch_size]
         template = CrystalBatch.from_compositions([c.atomic_numbers() for c, _ in chunk], device=device)
         out = model.sample(template, num_steps=steps, guidance=guidance, generator=gen,
-                           progress=progress).crystals()
+                           progress=progress, step_lr=step_lr).crystals()
         for (cell, i), cr in zip(chunk, out):
             s, err = finalize_structure(cr.atomic_numbers, cr.frac_coords, cr.lattice)
             samples.append(Sample(cell, i, s, err))
@@ -115,6 +116,7 @@ class PredictionRun:
     device: torch.device
     compiled: bool
     seconds: float
+    step_lr: float | None = None  # the diffusion corrector step size used (None: the process has none)
 
     @property
     def structures(self) -> list[Structure]:
@@ -130,7 +132,7 @@ class PredictionRun:
                       "max_atoms": self.model.config.max_atoms},
             "guidance": None if self.energy_model is None else {
                 "energy_model": getattr(self.energy_model, "checkpoint_path", None), "scale": self.guidance[0].scale},
-            "device": str(self.device), "compiled": self.compiled, "dao_version": __version__,
+            "step_lr": self.step_lr, "device": str(self.device), "compiled": self.compiled, "dao_version": __version__,
             "seconds": round(self.seconds, 2),
         }
 
@@ -140,7 +142,7 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
                    device: str = "auto", batch_size: int = 64, progress: bool = False,
                    energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
                    method: str | None = None, compile: bool = False, *, all_cells: bool = False,
-                   total: int | None = None) -> PredictionRun:
+                   total: int | None = None, step_lr: float | None = None) -> PredictionRun:
     """Load (or take) the generator, check every input, then sample ``n`` structures per admissible cell.
 
     ``all_cells``: without ``atoms``/``max_atoms``, every cell multiple Z the model admits; ``total``:
@@ -149,7 +151,8 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
     ``model`` is a checkpoint path, ``"default"`` (with ``method``: the bundled generator of that method),
     ``"default-diffusion"`` / ``"default-flow"`` or a loaded model; ``method`` given with a checkpoint
     requires it to be of that method. ``energy_model`` turns on energy guidance (``guidance_scale``,
-    default 20)."""
+    default 20). ``step_lr``: the diffusion corrector's step size (default: the one recorded in the
+    checkpoint, the official value of the dataset it was trained on; docs/official.md)."""
     t0 = time.time()
     dev = resolve_device(device)
     if isinstance(model, (str, Path)):
@@ -169,9 +172,10 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
     guidance, e_model = guidance_for(gen_model, energy_model, guidance_scale, model_device)
     torch.manual_seed(seed)
     samples = generate(gen_model, cells, n, seed=seed, steps=steps, batch_size=batch_size, guidance=guidance,
-                       progress=progress)
+                       progress=progress, step_lr=step_lr)
     return PredictionRun(formula, samples, cells, gen_model, e_model, guidance, n, seed,
-                         gen_model.process.resolve_steps(steps), model_device, compile, time.time() - t0)
+                         gen_model.process.resolve_steps(steps), model_device, compile, time.time() - t0,
+                         step_lr if step_lr is not None else getattr(gen_model.process.config, "step_lr", None))
 
 
 def generated_candidates(run: PredictionRun) -> list[Candidate]:
@@ -184,8 +188,8 @@ def rank_formula(formula: str, atoms: int | None = None, max_atoms: int | None =
                  steps: int | None = None, model: str | Path | DAOGenerator = "default", device: str = "auto",
                  batch_size: int = 64, progress: bool = False,
                  energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
-                 method: str | None = None, compile: bool = False, options: RankOptions | None = None
-                 ) -> tuple[PredictionRun, Ranking]:
+                 method: str | None = None, compile: bool = False, options: RankOptions | None = None,
+                 *, step_lr: float | None = None) -> tuple[PredictionRun, Ranking]:
     """Ranked prediction (docs/design.md, 'Ranked prediction'): ``options.candidates`` generated samples
     over every admissible cell plus the template index's proposals, screened, merged and judged.
     ``model="default"`` without ``method`` means the bundled flow generator here (fast enough to draw
@@ -194,7 +198,8 @@ def rank_formula(formula: str, atoms: int | None = None, max_atoms: int | None =
     if str(model) == "default" and method is None:
         model = "default-flow"
     run = sample_formula(formula, 1, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                         energy_model, guidance_scale, method, compile, all_cells=True, total=opts.candidates)
+                         energy_model, guidance_scale, method, compile, all_cells=True, total=opts.candidates,
+                         step_lr=step_lr)
     t0 = time.time()
     templates, note = template_candidates(run.cells, opts.templates, opts.template_limit)
     judge_model = str(energy_model) if isinstance(energy_model, (str, Path)) else "default"
@@ -209,7 +214,7 @@ def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int |
             batch_size: int = 64, progress: bool = False,
             energy_model: str | Path | DAOEnergyModel | None = None, guidance_scale: float | None = None,
             method: str | None = None, compile: bool = False, rank: bool = True,
-            options: RankOptions | None = None) -> list[Structure]:
+            options: RankOptions | None = None, *, step_lr: float | None = None) -> list[Structure]:
     """Predict crystal structures for ``formula``; returns pymatgen Structures, best first.
 
     ``rank`` (default): the top ``n`` of :func:`rank_formula` (``options`` sets judge, templates and
@@ -222,9 +227,9 @@ def predict(formula: str, n: int = 5, atoms: int | None = None, max_atoms: int |
     """
     if rank:
         return rank_formula(formula, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                            energy_model, guidance_scale, method, compile, options)[1].structures[:n]
+                            energy_model, guidance_scale, method, compile, options, step_lr=step_lr)[1].structures[:n]
     return sample_formula(formula, n, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                          energy_model, guidance_scale, method, compile).structures
+                          energy_model, guidance_scale, method, compile, step_lr=step_lr).structures
 
 
 def _write_structure(st: Structure, name: str, folder: Path) -> dict[str, Any]:
@@ -307,16 +312,17 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None = None,
                 seed: int = 0, steps: int | None = None, model: str | Path = "default", device: str = "auto",
                 batch_size: int = 64, progress: bool = True, energy_model: str | Path | None = None,
                 guidance_scale: float | None = None, method: str | None = None, compile: bool = False,
-                rank: bool = True, options: RankOptions | None = None) -> dict[str, Any]:
+                rank: bool = True, options: RankOptions | None = None, *,
+                step_lr: float | None = None) -> dict[str, Any]:
     """The ``dao predict`` job, all outputs written at once into ``out``: with ``rank`` the top ``n`` of
     :func:`rank_formula`, else ``n`` raw samples per cell from :func:`sample_formula`."""
     if rank:
         opts = options or RankOptions()
         run, ranking = rank_formula(formula, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                                    energy_model, guidance_scale, method, compile, opts)
+                                    energy_model, guidance_scale, method, compile, opts, step_lr=step_lr)
         extra = run.summary() | {"candidates": opts.candidates, "templates": str(opts.templates),
                                  "relax_steps": opts.relax_steps, "relax_seconds": opts.relax_seconds}
         return write_ranked(ranking, n, out, extra)
     run = sample_formula(formula, n, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
-                         energy_model, guidance_scale, method, compile)
+                         energy_model, guidance_scale, method, compile, step_lr=step_lr)
     return write_predictions(run.samples, out, run.summary())

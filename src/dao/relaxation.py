@@ -236,3 +236,68 @@ def relax_atoms(atoms: Any, calculator: Any, steps: int = 200, fmax: float = 0.0
     out = r.atoms.copy()
     out.calc = calculator
     return out, r.record
+
+
+def _reduced(crystal: Any, frac: np.ndarray, lattice: np.ndarray) -> Any:
+    """``crystal`` with new coordinates and lattice, Niggli-reduced and canonically oriented (as every
+    CrysDB entry); None when they are not finite or the cell is degenerate."""
+    from dao.crystal import Crystal
+    from dao.errors import StructureReadError
+
+    if not (np.isfinite(frac).all() and np.isfinite(lattice).all()):
+        return None
+    try:
+        moved = Crystal(crystal.atomic_numbers, frac % 1.0, lattice)
+        return Crystal.from_structure(moved.to_structure(), meta=crystal.meta)
+    except (StructureReadError, ValueError):
+        return None
+
+
+def relax_official(model: Any, crystals: Sequence[Any], lr: float = 1.0, max_iter: int = 5
+                   ) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """The official dataset relaxation (docs/official.md): one ``torch.optim.LBFGS`` step (learning rate
+    ``lr``, ``max_iter`` iterations, no line search, no step cap) on the fractional coordinates and
+    lattices of ``crystals`` jointly, minimising the batch mean of DAO-P's standardised energy
+    f_φ(M, 0) (``model.energy``); coordinates are wrapped into [0, 1) afterwards.
+
+    Returns (relaxed crystals — Niggli-reduced and canonically oriented as every CrysDB entry, None where
+    the relaxed cell is degenerate or not finite —, E_hull before and after in eV/atom from
+    ``model.energy_per_atom``, NaN where unusable). As in the official code the crystals share one
+    optimiser, so a structure's path depends on the batch it is relaxed with."""
+    import torch
+
+    from dao.crystal import CrystalBatch
+
+    param = next(model.parameters())
+    batch = CrystalBatch.from_crystals(list(crystals)).to(param.device)
+    frac = batch.frac.to(param.dtype).clone().requires_grad_(True)
+    lattice = batch.lattice.to(param.dtype).clone().requires_grad_(True)
+    t0 = torch.zeros(batch.num_crystals, device=param.device, dtype=param.dtype)
+    grads_on = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            before = model.energy_per_atom(batch.replace(frac=frac, lattice=lattice)).double().cpu().numpy()
+        opt = torch.optim.LBFGS([frac, lattice], lr=lr, max_iter=max_iter)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            energy = model.energy(batch.replace(frac=frac, lattice=lattice), t0).mean()
+            energy.backward()
+            return energy
+
+        with torch.enable_grad():
+            opt.step(closure)
+        out = [_reduced(c, f.numpy(), lat.numpy()) for c, f, lat in
+               zip(crystals, frac.detach().double().cpu().split(batch.num_atoms.tolist()), lattice.detach().double().cpu())]
+        after = np.full(len(out), np.nan)
+        good = [i for i, c in enumerate(out) if c is not None]
+        if good:
+            relaxed = CrystalBatch.from_crystals([out[i] for i in good]).to(param.device)
+            relaxed = relaxed.replace(frac=relaxed.frac.to(param.dtype), lattice=relaxed.lattice.to(param.dtype))
+            with torch.no_grad():
+                after[good] = model.energy_per_atom(relaxed).double().cpu().numpy()
+    finally:
+        for p, on in zip(model.parameters(), grads_on):
+            p.requires_grad_(on)
+    return out, before, after

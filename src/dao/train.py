@@ -30,13 +30,14 @@ from dao.crystal import Crystal
 from dao.data.dataset import BucketBatchSampler, CrystalDataset, collate
 from dao.data.dedupe import remove_overlap
 from dao.data.readers import read_any
+from dao.diffusion.denoising import record_dataset_step_lr
 from dao.errors import DAOError
 from dao.models.checkpoint import load_model, model_class, save_model
 from dao.runtime import resolve_device
 from dao.train_config import TrainConfig, load_config
 
-__all__ = ["DAOModule", "TrainConfig", "accelerator_for", "fit", "load_config", "load_crystals", "lr_lambda",
-           "train_model"]
+__all__ = ["DAOModule", "TrainConfig", "accelerator_for", "epoch_lr_lambda", "fit", "load_config", "load_crystals",
+           "lr_lambda", "train_model"]
 
 #: the names ``dao train`` prints for each model kind
 MODEL_NAMES = {"generator": "DAO-G", "energy": "DAO-P"}
@@ -64,6 +65,25 @@ def lr_lambda(warmup: int, total: int, lr: float, lr_min: float) -> Callable[[in
             return 1.0
         progress = min(1.0, (step - warmup) / (total - warmup))
         return (lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))) / lr
+
+    return f
+
+
+def epoch_lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """The per-epoch LambdaLR factor of ``schedule: epochs`` (the official recipe): linear warm-up over
+    ``warmup_epochs`` from ``warmup_start_factor`` to 1, then a cosine with warm restarts of period
+    ``cosine_epochs`` (0: ``max_epochs``) from lr to lr_min — the values of torch's LinearLR followed by
+    CosineAnnealingWarmRestarts (T_mult 1) in a SequentialLR, epoch by epoch."""
+    warmup, start, lr, lr_min = cfg.warmup_epochs, cfg.warmup_start_factor, cfg.lr, cfg.lr_min
+    period = cfg.cosine_epochs or max(cfg.max_epochs, 1)
+
+    def f(epoch: int) -> float:
+        if epoch < warmup:
+            return start + (1.0 - start) * epoch / warmup
+        if lr <= 0:
+            return 1.0
+        k = (epoch - warmup) % period
+        return (lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * k / period))) / lr
 
     return f
 
@@ -136,6 +156,7 @@ class DAOModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         losses = self.model.loss(batch)
+        self.batches_in_epoch += 1  # batches, not optimiser steps: they differ under gradient accumulation
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False,
                       batch_size=batch.num_crystals, on_step=True, on_epoch=True, sync_dist=False)
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=batch.num_crystals)
@@ -148,7 +169,6 @@ class DAOModule(L.LightningModule):
         with torch.no_grad():
             for pe, p in zip(self.ema.parameters(), self.model.parameters()):
                 pe.lerp_(p.detach(), 1 - d)
-        self.batches_in_epoch += 1
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         devices = [self.device] if self.device.type == "cuda" else []
@@ -174,6 +194,9 @@ class DAOModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.cfg.schedule == "epochs":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, epoch_lr_lambda(self.cfg))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 10**6
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg.warmup_steps, total, self.cfg.lr, self.cfg.lr_min))
@@ -222,7 +245,8 @@ def fit(model: torch.nn.Module, train: Sequence[Crystal], val: Sequence[Crystal]
     trainer = L.Trainer(
         accelerator=accelerator_for(device), devices=devices, num_nodes=num_nodes, strategy=strategy,
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, max_time=cfg.max_time,
-        gradient_clip_val=cfg.grad_clip, precision=cfg.precision, callbacks=[ckpt_cb, *callbacks],
+        gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm=cfg.grad_clip_algorithm,
+        accumulate_grad_batches=cfg.accumulate_grad_batches, precision=cfg.precision, callbacks=[ckpt_cb, *callbacks],
         logger=CSVLogger(out_dir, name="logs", version=0), default_root_dir=out_dir,
         check_val_every_n_epoch=cfg.val_every_n_epochs, enable_progress_bar=progress,
         use_distributed_sampler=False, enable_model_summary=False, log_every_n_steps=10,
@@ -289,6 +313,9 @@ def train_model(kind: str, data: Sequence[str | Path], out: str | Path, *, val: 
     tcfg = TrainConfig.from_dict({**(cfg.get("train") or {}), **overrides})
     crystals, val_crystals, report = _read_training_data(data, val, exclude, tcfg)
     model = _build_model(kind, cfg, tcfg, crystals, method, init)
+    step_lr = record_dataset_step_lr(getattr(model.config, "process", None), cfg, data)
+    if step_lr is not None:
+        log(f"  sampling step_lr {step_lr['step_lr']:g}: the official value for {step_lr['dataset']}")
     log(f"training {MODEL_NAMES.get(kind, kind)} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
         f"parameters) on {len(crystals)} crystals, validating on {len(val_crystals)}")
     energy_cfg = getattr(model.config, "energy", None)
@@ -296,7 +323,7 @@ def train_model(kind: str, data: Sequence[str | Path], out: str | Path, *, val: 
         log(f"  energy labels: {energy_cfg.num_labels} of {len(crystals)} training crystals; standardised "
             f"with mean {energy_cfg.mean:.4f}, std {energy_cfg.std:.4f} eV/atom")
     meta = {"data": [str(p) for p in data], "val": [str(p) for p in val], "exclude": [str(p) for p in exclude],
-            "data_report": report, "command": " ".join(sys.argv), "init": init}
+            "data_report": report, "command": " ".join(sys.argv), "init": init, "dataset_step_lr": step_lr}
     path = fit(model, crystals, val_crystals, tcfg, out, resume=resume, device=resolve_device(device).type,
                devices=devices, num_nodes=num_nodes, meta=meta)
     log(f"model written to {path}")

@@ -19,12 +19,24 @@ from dao.errors import ConfigError
 #: top-level sections a configuration YAML may have besides the registered processes' (see config_sections)
 BASE_SECTIONS = ("model", "method", "energy", "property", "train")
 
+#: Lightning precision names ``train.precision`` accepts ("32-true": fp32, the official recipe's)
+PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64")
+
 _MAX_TIME = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
 
 
 @dataclass
 class TrainConfig(Config):
-    """Optimisation, schedule, EMA, data size limits and checkpointing of one training run."""
+    """Optimisation, schedule, EMA, data size limits and checkpointing of one training run.
+
+    Schedule (``schedule``): ``"steps"`` (default) warms up linearly over ``warmup_steps`` optimiser steps
+    and then decays by a cosine from ``lr`` to ``lr_min`` over the rest of the run, updated every step;
+    ``"epochs"`` (the official recipe, docs/official.md) warms up linearly over ``warmup_epochs`` from
+    ``warmup_start_factor``·lr to lr, then follows a cosine with warm restarts of period ``cosine_epochs``
+    (0: ``max_epochs``) from lr to ``lr_min``, updated once per epoch. ``grad_clip_algorithm``: "norm"
+    (Lightning's default) or "value"; ``accumulate_grad_batches`` multiplies the effective batch;
+    ``ema_decay`` 0 turns EMA off (the exported weights are the trained ones).
+    """
 
     section: ClassVar[str] = "train"
 
@@ -45,6 +57,12 @@ class TrainConfig(Config):
     val_every_n_epochs: int = 1
     ckpt_every_n_steps: int = 200
     precision: str = "32-true"
+    grad_clip_algorithm: str = "norm"
+    accumulate_grad_batches: int = 1
+    schedule: str = "steps"
+    warmup_epochs: int = 0
+    warmup_start_factor: float = 0.001
+    cosine_epochs: int = 0
 
     def validate(self) -> None:
         """Range checks (a ConfigError naming ``train.<key>``); lr = 0 is allowed (frozen weights)."""
@@ -62,7 +80,16 @@ class TrainConfig(Config):
                   ("max_atoms", self.max_atoms >= self.min_atoms, f"at least min_atoms ({self.min_atoms})"),
                   ("num_workers", self.num_workers >= 0, "at least 0"),
                   ("val_every_n_epochs", self.val_every_n_epochs >= 1, "at least 1"),
-                  ("ckpt_every_n_steps", self.ckpt_every_n_steps >= 1, "at least 1")]
+                  ("ckpt_every_n_steps", self.ckpt_every_n_steps >= 1, "at least 1"),
+                  ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+                  ("grad_clip_algorithm", self.grad_clip_algorithm in ("norm", "value"), "norm or value"),
+                  ("accumulate_grad_batches", self.accumulate_grad_batches >= 1, "at least 1"),
+                  ("schedule", self.schedule in ("steps", "epochs"), "steps or epochs"),
+                  ("warmup_epochs", self.warmup_epochs >= 0, "at least 0"),
+                  ("warmup_start_factor", 0 < self.warmup_start_factor <= 1, "in (0, 1]"),
+                  ("cosine_epochs", self.cosine_epochs >= 0, "at least 0 (0: max_epochs)"),
+                  ("cosine_epochs", self.schedule != "epochs" or self.cosine_epochs > 0 or self.max_epochs > 0,
+                   "above 0 with schedule: epochs and no max_epochs limit")]
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"config train.{key}: expected {expected}, got {getattr(self, key)!r}")
@@ -85,7 +112,7 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {p}")
     try:
         cfg = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"malformed YAML in {p}: {str(exc).splitlines()[0]}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{p}: expected a mapping with model/diffusion/train sections")

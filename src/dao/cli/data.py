@@ -61,20 +61,27 @@ def build(sources: tuple[Path, ...], excludes: tuple[Path, ...], out: Path, min_
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="CrysDB folder to write.")
 @click.option("--min-e-hull", type=float, default=STABILITY_THRESHOLD, show_default=True)
 @click.option("--max-e-hull", type=float, default=0.5, show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Optimizer steps per entry.")
+@click.option("--mode", type=click.Choice(["capped", "official"]), default="capped", show_default=True,
+              help="capped: a few capped ASE-style steps under DAO-P's E_hull; official: torch L-BFGS (lr 1, no "
+                   "step cap) on coordinates and lattice of DAO-P's standardised energy, as the paper's code.")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Optimizer steps per entry (L-BFGS iterations in official mode) [default: capped 20, official 5].")
 @click.option("--fmax", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
 @click.option("--optimizer", type=click.Choice(["lbfgs", "fire"]), default="lbfgs", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Structures relaxed together [default: capped 64, official 100 (one shared L-BFGS per batch)].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def relax(model: str, src: Path, out: Path, min_e_hull: float, max_e_hull: float, steps: int, fmax: float,
-          optimizer: str, batch_size: int, device: str, progress: bool) -> None:
+def relax(model: str, src: Path, out: Path, min_e_hull: float, max_e_hull: float, mode: str, steps: int | None,
+          fmax: float, optimizer: str, batch_size: int | None, device: str, progress: bool) -> None:
     """Dataset relaxation: relax and relabel entries with MIN < E_hull <= MAX under DAO-P (see docs/design.md, 'Data and CrysDB')."""
     from dao.data.crysdb import relax_crysdb
+    from dao.data.crysdb.relax import MODE_DEFAULTS
     from dao.runtime import resolve_device
 
-    stats = relax_crysdb(src, out, model, min_e_hull, max_e_hull, steps, fmax, optimizer, batch_size,
-                         str(resolve_device(device)), progress)
+    defaults = MODE_DEFAULTS[mode]
+    stats = relax_crysdb(src, out, model, min_e_hull, max_e_hull, steps or defaults["steps"], fmax, optimizer,
+                         batch_size or defaults["batch_size"], str(resolve_device(device)), progress, mode=mode)
     click.echo(json.dumps(stats))
 
 

@@ -41,6 +41,9 @@ def default_out(formula: str) -> Path:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(2), default=None,
               help="Sampling steps (default: the model's full schedule, diffusion.num_steps in `dao info`).")
+@click.option("--step-lr", type=click.FloatRange(min=0), default=None,
+              help="Diffusion corrector step size (default: the checkpoint's, the official value of the dataset "
+                   "it was trained on: MP-20/MPTS-52 1e-5, perov-5 5e-7, carbon-24 5e-6).")
 @click.option("--model", default="default", show_default=True, help="DAO-G checkpoint (model.pt), 'default', 'default-diffusion' or 'default-flow'.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
@@ -55,8 +58,8 @@ def default_out(formula: str) -> Path:
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
 def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, relax_steps: int,
             out: Path | None, overwrite: bool, atoms: int | None, max_atoms: int | None, seed: int,
-            steps: int | None, model: str, device: str, batch_size: int, progress: bool, energy_model: str | None,
-            guidance_scale: float | None, method: str | None, compile_: bool) -> None:
+            steps: int | None, step_lr: float | None, model: str, device: str, batch_size: int, progress: bool,
+            energy_model: str | None, guidance_scale: float | None, method: str | None, compile_: bool) -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
     from dao.prediction import run_predict
     from dao.ranking import RankOptions
@@ -69,7 +72,7 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
     with claim_output_dir(out, overwrite=overwrite):  # locked; a non-empty folder needs --overwrite
         summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                               energy_model=energy_model, guidance_scale=guidance_scale, method=method,
-                              compile=compile_, rank=rank, options=options)
+                              compile=compile_, rank=rank, options=options, step_lr=step_lr)
     for rec in summary["samples"]:
         if "error" in rec:
             click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)

@@ -11,8 +11,12 @@ expresses that shift in the network's output units so that :class:`~dao.diffusio
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+import copy
+import math
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -20,12 +24,34 @@ from dao.crystal import CrystalBatch
 from dao.diffusion.base import (GuidancePoint, Network, NoiseSource, Prediction, Process, TrainingSample,
                                 uniform_prior)
 from dao.diffusion.processes import DiffusionConfig, LatticeDDPM, WrappedNormalCoords
+from dao.errors import DAOError
+
+#: the official per-dataset corrector step sizes for CSP (one sample per composition); see docs/official.md
+STEP_LR_BY_DATASET = {"mp_20": 1e-5, "mpts_52": 1e-5, "perov_5": 5e-7, "carbon_24": 5e-6}
+_DATASET_NAME = re.compile(r"^(mp_?20|mpts_?52|perov_?5|carbon_?24)$")
 
 
 def timesteps(num_train_steps: int, num_sample_steps: int | None) -> list[int]:
     """Descending integer times from T to 1, evenly respaced to ``num_sample_steps`` (always ending at 0)."""
     n = num_train_steps if not num_sample_steps else min(num_sample_steps, num_train_steps)
     return torch.linspace(num_train_steps, 1, n).round().long().unique().flip(0).tolist()
+
+
+def dataset_of(paths: Sequence[str | Path]) -> str | None:
+    """The benchmark dataset (a key of :data:`STEP_LR_BY_DATASET`) that every one of ``paths`` belongs to,
+    recognised by a folder or file stem named after it (``csp/mp_20/train.csv.gz``, ``perov-5.csv``);
+    None when a path names none of them or the paths name different ones."""
+    found = set()
+    for p in paths:
+        parts = [q.lower().replace("-", "_") for q in Path(p).parts[:-1]] + [Path(p).name.split(".")[0].lower().replace("-", "_")]
+        names = {m.group(1).replace("_", "") for m in map(_DATASET_NAME.match, parts) if m}
+        if len(names) != 1:
+            return None
+        found |= names
+    if len(found) != 1:
+        return None
+    key = found.pop()
+    return next(k for k in STEP_LR_BY_DATASET if k.replace("_", "") == key)
 
 
 @dataclass(frozen=True)
@@ -96,7 +122,10 @@ class DiffusionProcess(Process):
         frac = state.frac
         if self.corrector:
             _, out_f = network(state, tc)
-            frac = self.coords.corrector_step(frac, self.coords.score_from_output(out_f, t), t, rng.randn(nt, 3),
+            noise = rng.randn(nt, 3)  # drawn either way: both settings share every other random number
+            if t_prev == 0 and not self.config.final_corrector_noise:
+                noise = torch.zeros_like(noise)  # the official sampler's last corrector step is noise-free
+            frac = self.coords.corrector_step(frac, self.coords.score_from_output(out_f, t), t, noise,
                                               self.config.step_lr)
             state = state.replace(frac=frac)
         pred = guide(state, Prediction(*network(state, tc)), entry)
@@ -130,3 +159,29 @@ class DiffusionProcess(Process):
             return ("the energy model and the generator use different diffusion schedules "
                     f"(generator vs energy model: {', '.join(diff)}); energy guidance needs the same one")
         return None
+
+
+def record_dataset_step_lr(process_config: Any, config: Mapping[str, Any], data: Sequence[str | Path]
+                           ) -> dict[str, Any] | None:
+    """Training a diffusion model on one benchmark dataset (:func:`dataset_of` of its ``data``) records that
+    dataset's official corrector step size in ``process_config`` (saved with the checkpoint, used by
+    ``dao predict`` without ``--step-lr``), unless the YAML ``config`` sets ``diffusion.step_lr``. Returns
+    what was recorded (None: nothing), for the run's metadata."""
+    dataset = dataset_of(data)
+    if not isinstance(process_config, DiffusionConfig) or dataset is None or "step_lr" in (config.get("diffusion") or {}):
+        return None
+    process_config.step_lr = STEP_LR_BY_DATASET[dataset]
+    return {"dataset": dataset, "step_lr": process_config.step_lr}
+
+
+def with_step_lr(process: Process, step_lr: float) -> Process:
+    """A copy of a diffusion ``process`` whose corrector uses ``step_lr`` (the schedule is shared, the
+    original is untouched). DAOError for a process without a corrector or a negative/non-finite value."""
+    if not isinstance(process, DiffusionProcess):
+        raise DAOError(f"a corrector step size (--step-lr) applies to diffusion generators only; this one "
+                       f"is a {process.method} generator (use --method diffusion or a diffusion checkpoint)")
+    if not (math.isfinite(step_lr) and step_lr >= 0):
+        raise DAOError(f"--step-lr must be a finite number ≥ 0, got {step_lr}")
+    out = copy.copy(process)
+    out.config = replace(process.config, step_lr=float(step_lr))
+    return out

@@ -121,7 +121,10 @@ def _lambda_table(num_steps: int, sigma_min: float, sigma_max: float) -> torch.T
 
 @dataclass
 class DiffusionConfig(Config):
-    """The diffusion schedule (shared by DAO-G and the DAO-P that guides it) and the corrector step size."""
+    """The diffusion schedule (shared by DAO-G and the DAO-P that guides it) and the corrector: its step size
+    ``step_lr`` (training on a benchmark dataset records that dataset's official value, see
+    docs/official.md) and whether its last step (t → 0) adds Langevin noise (``final_corrector_noise``;
+    off, as in the official sampler)."""
 
     section: ClassVar[str] = "diffusion"
 
@@ -130,11 +133,12 @@ class DiffusionConfig(Config):
     sigma_min: float = 0.005
     sigma_max: float = 0.5
     step_lr: float = 1e-5
+    final_corrector_noise: bool = False
 
     def validate(self) -> None:
         if self.num_steps < 2:
             raise ConfigError(f"config diffusion.num_steps: at least 2, got {self.num_steps}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"config diffusion: need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if self.step_lr < 0 or self.cosine_s < 0:
+        if not self.step_lr >= 0 or self.cosine_s < 0:
             raise ConfigError("config diffusion: step_lr and cosine_s must be ≥ 0")

@@ -16,6 +16,7 @@ from torch import nn
 from dao.config import Config
 from dao.crystal import Crystal, CrystalBatch
 from dao.diffusion.base import Prediction, Process
+from dao.diffusion.denoising import with_step_lr
 from dao.diffusion.guidance import GuidanceTerm
 from dao.diffusion.registry import DEFAULT_METHOD, methods, process_class
 from dao.diffusion.sampler import sample
@@ -131,14 +132,17 @@ class DAOGenerator(nn.Module):
         return losses
 
     def sample(self, template: CrystalBatch, num_steps: int | None = None, guidance: Sequence[GuidanceTerm] = (),
-               generator: torch.Generator | None = None, progress: bool = False) -> CrystalBatch:
-        """Generate (F, L) for the atom types of ``template`` (see :func:`dao.diffusion.sampler.sample`)."""
+               generator: torch.Generator | None = None, progress: bool = False,
+               step_lr: float | None = None) -> CrystalBatch:
+        """Generate (F, L) for the atom types of ``template`` (see :func:`dao.diffusion.sampler.sample`).
+        ``step_lr``: the diffusion corrector's step size for this call (default: the config's)."""
+        process = self.process if step_lr is None else with_step_lr(self.process, step_lr)
         was_training = self.training
         self.eval()
         try:
             context = torch.no_grad() if guidance else torch.inference_mode()
             with context:  # guidance needs autograd inside its terms; unguided sampling needs none at all
-                return sample(self.process, self.network, template, num_steps=num_steps, guidance=guidance,
+                return sample(process, self.network, template, num_steps=num_steps, guidance=guidance,
                               generator=generator, progress=progress)
         finally:
             self.train(was_training)
