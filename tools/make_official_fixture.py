@@ -95,6 +95,21 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes, {sum(v.numel() for v in state.values())} weights)")
+    save_omegaconf_hparams(hparams, args.out.parent / "omegaconf_hparams.pt")
+
+
+def save_omegaconf_hparams(hparams: dict, path: Path) -> None:
+    """The same hyper-parameters pickled as the official Lightning modules store them (OmegaConf
+    containers, as Hydra passes them), for the test that reads them without OmegaConf installed."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        print("omegaconf is not installed: omegaconf_hparams.pt not written")
+        return
+    cfg = OmegaConf.create(hparams)
+    torch.save({"hyper_parameters": {"decoder": cfg.decoder, "time_dim": cfg.time_dim, "timesteps": cfg.timesteps}},
+               path)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

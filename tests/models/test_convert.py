@@ -16,7 +16,7 @@ from dao.cli import main
 from dao.crystal import CrystalBatch
 from dao.errors import CheckpointError
 from dao.models.checkpoint import load_model
-from dao.models.convert import convert_checkpoint, read_scaler, safe_load
+from dao.models.convert import Opaque, convert_checkpoint, infer_backbone, plain, read_scaler, safe_load
 
 FIXTURE = Path(__file__).parent / "data" / "official_small.pt"
 
@@ -128,6 +128,16 @@ def test_loading_runs_no_pickled_code(tmp_path, fixture):
     with pytest.raises(CheckpointError, match=r"refused checkpoint .*posix\.remove"):
         convert_checkpoint(trap, "energy", tmp_path / "trap.pt")
     assert sentinel.read_text() == "still here" and not (tmp_path / "trap.pt").exists()
+
+
+def test_reads_omegaconf_hyper_parameters_without_omegaconf(tmp_path, fixture):
+    """omegaconf_hparams.pt: hyper-parameters pickled as real OmegaConf DictConfigs (made by
+    tools/make_official_fixture.py), as the official Lightning checkpoints hold them."""
+    hp = safe_load(FIXTURE.parent / "omegaconf_hparams.pt")["hyper_parameters"]
+    assert isinstance(hp["decoder"], Opaque) and type(hp["decoder"]).qualified_name == "omegaconf.dictconfig.DictConfig"
+    assert plain(hp)["decoder"]["head_num"] == 4 and plain(hp)["timesteps"] == 1000
+    state = {k: v for k, v in fixture["state_dict"].items() if not k.startswith("predictor.")}
+    assert infer_backbone(state, plain(hp), "generator").heads == 4  # what convert_checkpoint reads
 
 
 class StandardScalerTorch:
