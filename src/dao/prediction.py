@@ -20,8 +20,11 @@ from dao.models.checkpoint import bundled_generator_for, load_energy_model, load
 from dao.models.energy import DAOEnergyModel
 from dao.models.generator import DAOGenerator
 from dao.ranking import Ranking, RankOptions, rank_candidates, template_candidates
+from dao.report.prediction import write_prediction_report
 from dao.runtime import resolve_device
 from dao.structure_io import staged_output_dir, symmetry_info, write_cif, write_extxyz, write_json
+from dao.xrd.pattern import Pattern
+from dao.xrd.score import rerank_ranking
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -276,6 +279,7 @@ def write_predictions(samples: Sequence[Sample], out: str | Path, summary_extra:
             write_extxyz(good, infos, tmp / "samples.extxyz")
         summary = {**summary_extra, "num_requested": len(samples), "num_written": len(good), "samples": records}
         write_json(summary, tmp / "summary.json")
+        write_prediction_report(tmp, summary, good)
     return summary
 
 
@@ -305,6 +309,7 @@ def write_ranked(ranking: Ranking, n: int, out: str | Path, summary_extra: dict[
                                                 "notes": ranking.notes},
                    "num_requested": n, "num_written": len(top), "samples": records}
         write_json(summary, tmp / "summary.json")
+        write_prediction_report(tmp, summary, [item.structure for item in top])
     return summary
 
 
@@ -313,15 +318,20 @@ def run_predict(formula: str, n: int, out: str | Path, atoms: int | None = None,
                 batch_size: int = 64, progress: bool = True, energy_model: str | Path | None = None,
                 guidance_scale: float | None = None, method: str | None = None, compile: bool = False,
                 rank: bool = True, options: RankOptions | None = None, *,
-                step_lr: float | None = None) -> dict[str, Any]:
+                step_lr: float | None = None, xrd: Pattern | None = None) -> dict[str, Any]:
     """The ``dao predict`` job, all outputs written at once into ``out``: with ``rank`` the top ``n`` of
-    :func:`rank_formula`, else ``n`` raw samples per cell from :func:`sample_formula`."""
+    :func:`rank_formula`, else ``n`` raw samples per cell from :func:`sample_formula`. ``xrd``: re-rank the
+    candidates by agreement with this measured pattern (:func:`dao.xrd.score.rerank_ranking`)."""
+    if xrd is not None and not rank:
+        raise DAOError("--xrd re-ranks the ranked candidates: it cannot be combined with --no-rank")
     if rank:
         opts = options or RankOptions()
         run, ranking = rank_formula(formula, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                                     energy_model, guidance_scale, method, compile, opts, step_lr=step_lr)
         extra = run.summary() | {"candidates": opts.candidates, "templates": str(opts.templates),
                                  "relax_steps": opts.relax_steps, "relax_seconds": opts.relax_seconds}
+        if xrd is not None:
+            extra["xrd"] = rerank_ranking(ranking, xrd)
         return write_ranked(ranking, n, out, extra)
     run = sample_formula(formula, n, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                          energy_model, guidance_scale, method, compile, step_lr=step_lr)

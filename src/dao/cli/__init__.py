@@ -20,6 +20,7 @@ from dao.cli.predict import benchmark, info, predict
 from dao.cli.property import predict_property_command, tc
 from dao.cli.relax import relax
 from dao.cli.train import train
+from dao.cli.xrd import xrd
 from dao.errors import DAOError
 
 __all__ = ["cli", "main"]
@@ -38,7 +39,7 @@ def cli(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-for _command in (predict, benchmark, info, train, energy, tc, predict_property_command, relax):
+for _command in (predict, benchmark, info, train, energy, tc, predict_property_command, relax, xrd):
     cli.add_command(_command)
 cli.add_command(convert_checkpoint_command)
 cli.add_command(data_group, "data")

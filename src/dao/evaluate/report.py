@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dao.evaluate.core import EvaluationResult
+from dao.report.evaluation import write_evaluation_report
+from dao.report.html import figure_png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -66,12 +68,7 @@ def _cell(v: Any) -> str:
 
 
 def _png(fig: Figure) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
+    return figure_png(fig, dpi=120)
 
 
 def _plot_match_rate(summary: dict[str, Any]) -> bytes:
@@ -122,7 +119,8 @@ def _plot_rmse_hist(result: EvaluationResult) -> bytes:
 
 
 def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write summary.json, per_structure.csv, match_rate_vs_k.png and rmse_hist.png into ``out_dir``."""
+    """Write summary.json, per_structure.csv, match_rate_vs_k.png, rmse_hist.png and report.html (the same
+    plots and a per-row table with the miss reasons, dao.report.evaluation) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -138,8 +136,11 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     for rec in result.records:
         w.writerow([_cell(rec.get(c)) for c in PER_STRUCTURE_COLUMNS])
     _atomic_write(paths["per_structure"], buf.getvalue().encode())
-    _atomic_write(paths["match_rate_vs_k"], _plot_match_rate(result.summary))
-    _atomic_write(paths["rmse_hist"], _plot_rmse_hist(result))
+    plots = {"match rate vs k": _plot_match_rate(result.summary),
+             "RMS distance of matched pairs": _plot_rmse_hist(result)}
+    _atomic_write(paths["match_rate_vs_k"], plots["match rate vs k"])
+    _atomic_write(paths["rmse_hist"], plots["RMS distance of matched pairs"])
+    paths["report_html"] = write_evaluation_report(out, _jsonable(result.summary), result.records, plots)
     return paths
 
 

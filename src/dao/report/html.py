@@ -60,10 +60,11 @@ def link(href: str, text: str) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], raw: Sequence[int] = ()) -> str:
     """An HTML table; cells are escaped except in the columns listed in ``raw`` (already HTML)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    head = "".join(f"<th>{esc(h)}</th>" for h in header) if any(header) else ""
     body = "".join("<tr>" + "".join(f"<td>{c if i in raw else esc(c)}</td>" for i, c in enumerate(row)) + "</tr>"
                    for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def page(title: str, body: str) -> str:

@@ -87,8 +87,8 @@ def overlay_png(prep: Prepared, structure: Structure, match: XRDMatch) -> bytes:
     ax.set_title(f"{match.name}: score {match.score:.3f}, lattice scale {match.scale:.3f}"
                  + ("" if match.matched else "  (no match)"), fontsize=10)
     ax.legend(loc="upper right", fontsize=8, frameon=False)
-    fig.tight_layout()
-    return figure_png(fig)
+    fig.subplots_adjust(0.03, 0.16, 0.98, 0.9)
+    return figure_png(fig, dpi=80)
 
 
 def rank_rows(pattern: Pattern, items: Sequence[tuple[str, Structure, float | None]],

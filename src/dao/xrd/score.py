@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -183,3 +183,21 @@ def rerank_by_pattern(structures: Sequence[Structure], pattern: Pattern,
     matched = sorted((i for i, s in enumerate(scores) if s >= threshold), key=lambda i: (-key(i), i))
     rest = [i for i, s in enumerate(scores) if s < threshold]
     return matched + rest, scores
+
+
+def rerank_ranking(ranking: Any, pattern: Pattern, threshold: float = MATCH_THRESHOLD) -> dict[str, Any]:
+    """Re-order a :class:`dao.ranking.Ranking` in place by :func:`rerank_by_pattern` (each item's ``flags``
+    gain ``xrd_score``, ranks are renumbered); returns the ``xrd`` entry of the prediction's summary.json."""
+    items = list(ranking.ranked)
+    order, scores = rerank_by_pattern([it.structure for it in items], pattern,
+                                      [it.energy_per_atom for it in items], threshold)
+    ranking.ranked = [items[i] for i in order]
+    for k, i in enumerate(order, 1):
+        items[i].rank = k
+        items[i].flags["xrd_score"] = scores[i]
+    n_match = sum(s >= threshold for s in scores)
+    verdict = (f"{n_match} of {len(scores)} candidates match the pattern" if n_match else
+               f"no candidate matches the pattern (best score {max(scores, default=0.0):.3f} < {threshold})")
+    return {"pattern": pattern.source, "wavelength": pattern.wavelength, "threshold": threshold, "verdict": verdict,
+            "rule": "matching candidates (score >= threshold) first, by score - ENERGY_WEIGHT * (E - E_min); "
+                    "the rest in energy order", "energy_weight": ENERGY_WEIGHT}
