@@ -56,15 +56,22 @@ def default_out(formula: str) -> Path:
               help="With --model default: the bundled generator of this kind; with a checkpoint: require that kind.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
+@click.option("--xrd", "xrd_pattern", type=click.Path(path_type=Path), default=None,
+              help="Measured powder pattern (2θ/intensity .xy/.csv/.xye): rank the candidates by agreement with it "
+                   "(docs/xrd.md); report.html then overlays each structure on it.")
+@click.option("--xrd-wavelength", default="CuKa", show_default=True, help="Wavelength of --xrd: Å or a line name.")
 def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, relax_steps: int,
             out: Path | None, overwrite: bool, atoms: int | None, max_atoms: int | None, seed: int,
             steps: int | None, step_lr: float | None, model: str, device: str, batch_size: int, progress: bool,
-            energy_model: str | None, guidance_scale: float | None, method: str | None, compile_: bool) -> None:
+            energy_model: str | None, guidance_scale: float | None, method: str | None, compile_: bool,
+            xrd_pattern: Path | None = None, xrd_wavelength: str = "CuKa") -> None:
     """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
     from dao.prediction import run_predict
     from dao.ranking import RankOptions
     from dao.structure_io import claim_output_dir
+    from dao.xrd.pattern import read_pattern
 
+    measured = None if xrd_pattern is None else read_pattern(xrd_pattern, xrd_wavelength)  # checked before any work
     if out is None:
         out = default_out(formula)
     options = RankOptions(judge=judge, templates=None if templates == "none" else templates, candidates=candidates,
@@ -72,7 +79,7 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
     with claim_output_dir(out, overwrite=overwrite):  # locked; a non-empty folder needs --overwrite
         summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                               energy_model=energy_model, guidance_scale=guidance_scale, method=method,
-                              compile=compile_, rank=rank, options=options, step_lr=step_lr)
+                              compile=compile_, rank=rank, options=options, xrd=measured, step_lr=step_lr)
     for rec in summary["samples"]:
         if "error" in rec:
             click.echo(f"  {rec['name']}: skipped ({rec['error']})", err=True)
@@ -80,7 +87,8 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
         lat = rec["lattice"]
         head = f"  {rec['cif']}: " if "rank" not in rec else (
             f"  #{rec['rank']} {rec['cif']} [{rec['source']}"
-            + ("" if rec["energy_per_atom"] is None else f", {rec['energy_per_atom']:.3f} eV/atom") + "]: ")
+            + ("" if rec["energy_per_atom"] is None else f", {rec['energy_per_atom']:.3f} eV/atom")
+            + ("" if rec.get("xrd_score") is None else f", XRD score {rec['xrd_score']:.3f}") + "]: ")
         click.echo(f"{head}{rec['space_group']['symbol']} (#{rec['space_group']['number']}), "
                    f"a={lat['a']:.3f} b={lat['b']:.3f} c={lat['c']:.3f} Å, V={lat['volume']:.1f} Å³")
     if "ranking" in summary:
@@ -91,6 +99,8 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
                    f"{c['duplicates_merged']} duplicates merged, {c['judged']} judged", err=True)
         for note in r["notes"]:
             click.echo(f"  note: {note}", err=True)
+    if "xrd" in summary:
+        click.echo(f"re-ranked by agreement with {summary['xrd']['pattern']}: {summary['xrd']['verdict']}", err=True)
     click.echo(f"wrote {summary['num_written']} structures to {out} in {summary['seconds']:.1f} s")
 
 
