@@ -168,13 +168,16 @@ def test_cli_converts_then_predicts_with_guidance(tmp_path, fixture, capsys):
     main(["convert-checkpoint", str(gen), "--kind", "generator", "--out", str(tmp_path / "g.pt")])
     main(["convert-checkpoint", str(energy), "--kind", "energy", "--out", str(tmp_path / "p.pt")])
     assert "4 heads" in capsys.readouterr().err
-    out = tmp_path / "pred"
-    main(["predict", "LiO2", "--model", str(tmp_path / "g.pt"), "--no-rank", "--steps", "3", "-n", "2",
-          "--energy-model", str(tmp_path / "p.pt"), "--guidance-scale", "5", "--out", str(out),
-          "--no-progress", "--device", "cpu"])
-    summary = json.loads((out / "summary.json").read_text())
-    assert len(list(out.glob("*.cif"))) == 2, sorted(p.name for p in out.iterdir())
-    assert "p.pt" in json.dumps(summary)
+    def predict(out: Path, *guidance: str) -> dict:
+        main(["predict", "LiO2", "--model", str(tmp_path / "g.pt"), "--no-rank", "--steps", "3", "-n", "2",
+              "--out", str(out), "--no-progress", "--device", "cpu", *guidance])
+        assert len(list(out.glob("*.cif"))) == 2, sorted(p.name for p in out.iterdir())
+        return json.loads((out / "summary.json").read_text())
+
+    guided = predict(tmp_path / "guided", "--energy-model", str(tmp_path / "p.pt"), "--guidance-scale", "5")
+    assert guided["guidance"] == {"energy_model": str(tmp_path / "p.pt"), "scale": 5.0}
+    plain_run = predict(tmp_path / "plain")  # same seed: the converted DAO-P's guidance moved the samples
+    assert [s["lattice"] for s in guided["samples"]] != [s["lattice"] for s in plain_run["samples"]]
     with pytest.raises(SystemExit) as exc:  # refused input: one line, exit 2, nothing written
         main(["convert-checkpoint", str(gen), "--kind", "property", "--out", str(tmp_path / "bad.pt")])
     assert exc.value.code == 2
