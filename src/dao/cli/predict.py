@@ -118,15 +118,35 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the network: slow first batch, faster sampling after (long jobs).")
+@click.option("--ranked", is_flag=True,
+              help="Score dao predict's ranked answer (templates guarded against the split + generated candidates "
+                   "+ judge) beside the naive template lookup, instead of raw samples.")
+@click.option("--judge", type=click.Choice(["auto", "chgnet", "dao", "none"]), default="none", show_default=True,
+              help="With --ranked: the judge (auto: CHGNet if installed).")
+@click.option("--templates", default="default", show_default=True, help="With --ranked: the template index.")
+@click.option("--candidates", type=click.IntRange(1, 10000), default=8, show_default=True,
+              help="With --ranked: generated candidates per composition.")
 def benchmark(split: Path, model: str, k: int, limit: int | None, out: Path, seed: int, steps: int | None,
-              device: str, batch_size: int, workers: int, progress: bool, compile_: bool) -> None:
-    """Generate k structures for every composition of a split, then score them (as `dao evaluate`)."""
+              device: str, batch_size: int, workers: int, progress: bool, compile_: bool, ranked: bool, judge: str,
+              templates: str, candidates: int) -> None:
+    """Generate k structures for every composition of a split, then score them (as `dao evaluate`).
+    With --ranked, the ranked answer and the naive-template baseline, each in its own subfolder."""
     from dao.benchmark import run_benchmark
 
     if not split.is_file():
         raise DAOError(f"split file not found: {split}")
     from dao.structure_io import claim_output_dir
 
+    if ranked:
+        from dao.ranked_benchmark import run_ranked_benchmark
+        from dao.ranking import RankOptions
+
+        with claim_output_dir(out, resume=True):
+            r = run_ranked_benchmark(split, out, k, limit, model, seed, device,
+                                     RankOptions(judge=judge, templates=templates, candidates=candidates),
+                                     workers, progress)
+        click.echo(json.dumps(r))
+        return
     with claim_output_dir(out, resume=True):  # resumable: reruns continue in their own folder
         s = run_benchmark(split, model, k, out, limit, seed, steps, device, batch_size, workers, progress,
                           compile=compile_)
@@ -139,9 +159,10 @@ def benchmark(split: Path, model: str, k: int, limit: int | None, out: Path, see
 @click.option("--model", default="default", show_default=True, help="Checkpoint to describe.")
 def info(model: str) -> None:
     """Describe a checkpoint: kind, config, size limits, training data and metrics (JSON)."""
-    from dao.models.checkpoint import load_checkpoint
+    from dao.models.checkpoint import load_checkpoint, load_model
 
     ckpt = load_checkpoint(model)
+    load_model(model, ckpt["kind"])  # its config and weights must make a model: a broken one is an error
     n_params = sum(v.numel() for v in ckpt["state_dict"].values())
     meta = {k: v for k, v in ckpt.get("meta", {}).items() if k not in ("data_report",)}
     click.echo(json.dumps({"path": ckpt["path"], "kind": ckpt["kind"], "parameters": n_params,
