@@ -150,9 +150,10 @@ class StandardScalerTorch:
 def test_scaler_file_sets_the_standardisation(tmp_path, fixture):
     torch.save(StandardScalerTorch(torch.tensor([0.25]), torch.tensor([1.5])), tmp_path / "prop_scaler.pt")
     assert read_scaler(tmp_path / "prop_scaler.pt") == (0.25, 1.5)
-    src = official_ckpt(tmp_path / "ft.ckpt", fixture, "property")
+    hp = dict(fixture["hyper_parameters"], data={"prop": "logtc", "datasets": {"train": {"prop": "${data.prop}"}}})
+    src = official_ckpt(tmp_path / "ft.ckpt", fixture, "property", hyper_parameters=hp)
     summary = convert_checkpoint(src, "property", tmp_path / "prop.pt", scaler=tmp_path / "prop_scaler.pt")
-    assert (summary["config"]["mean"], summary["config"]["std"]) == (0.25, 1.5)
+    assert (summary["config"]["mean"], summary["config"]["std"], summary["config"]["target"]) == (0.25, 1.5, "logtc")
     model = load_model(tmp_path / "prop.pt", "property").double()
     with torch.no_grad():  # predictions in target units: official standardised output · std + mean
         got = model.predict(fixture_batch(fixture))

@@ -253,12 +253,12 @@ def _schedule(state: dict[str, torch.Tensor], hparams: dict) -> dict[str, Any]:
 
 
 def build_model(kind: str, backbone: CrysformerConfig, schedule: dict[str, Any], mean: float, std: float,
-                max_atoms: int) -> torch.nn.Module:
+                max_atoms: int, target: str = "property") -> torch.nn.Module:
     """A fresh model of ``kind`` with the given backbone config and target standardisation."""
     cls = model_class(kind)
     d: dict[str, Any] = {"model": backbone.to_dict(), "max_atoms": max_atoms}
     if kind == "property":
-        d.update({"mean": mean, "std": std, "target": "official"})
+        d.update({"mean": mean, "std": std, "target": target})
     else:
         d.update({"method": "diffusion", "diffusion": schedule})
         if kind == "energy":
@@ -315,7 +315,9 @@ def convert_checkpoint(src: str | Path, kind: str, out: str | Path, heads: int |
     hparams = hparams if isinstance(hparams, dict) else {}
     backbone = infer_backbone(state, hparams, kind, heads)
     mapped = map_state_dict(state, backbone, kind)
-    model = build_model(kind, backbone, _schedule(state, hparams), mean, std, max_atoms)
+    target = find_key(hparams.get("data"), "prop")  # the official data config's target column
+    target = target if isinstance(target, str) and target and "$" not in target else "property"
+    model = build_model(kind, backbone, _schedule(state, hparams), mean, std, max_atoms, target)
     try:
         model.backbone.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:
