@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dao.errors import ConfigError
+from dao.nn.crysformer import OFFICIAL_ARCHITECTURE
 from dao.train_config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def test_official_configs_hold_the_official_recipe():
 
             m = EnergyConfig.from_dict({k: cfg[k] for k in ("model", "diffusion", "energy") if k in cfg}).model
             assert (m.hidden, m.layers, m.heads, m.num_freqs, m.time_dim) == (384, 12, 8, 128, 256)
+            assert {k: getattr(m, k) for k in OFFICIAL_ARCHITECTURE} == OFFICIAL_ARCHITECTURE
 
 
 def test_defaults_keep_todays_recipe_and_bad_values_are_named():
