@@ -80,6 +80,12 @@ def test_refuses_what_it_cannot_map(tmp_path, fixture):
     state = dict(fixture["state_dict"], **{"decoder.block_0.attention.fn.to_kv.bias": torch.zeros(10)})
     torch.save({"state_dict": state, "hyper_parameters": fixture["hyper_parameters"]}, tmp_path / "c.ckpt")
     fails(tmp_path / "c.ckpt", "property", "to_kv / edges_to_kv.bias have the wrong shape")
+    state = dict(fixture["state_dict"], **{"decoder.atom_latent_emb.weight": torch.zeros(32)})
+    torch.save({"state_dict": state, "hyper_parameters": fixture["hyper_parameters"]}, tmp_path / "c2.ckpt")
+    state = dict(fixture["state_dict"], **{"decoder.block_1.ffn.fn.net.0.bias": torch.zeros(127)})
+    torch.save({"state_dict": state, "hyper_parameters": fixture["hyper_parameters"]}, tmp_path / "c3.ckpt")
+    fails(tmp_path / "c3.ckpt", "property", r"decoder.block_1.ffn.fn.net.0.bias has shape \(127,\), expected \(128,\)")
+    fails(tmp_path / "c2.ckpt", "property", r"decoder.atom_latent_emb.weight has shape \(32,\), expected a matrix")
     table = fixture["state_dict"]["decoder.embedding_in.0.weight"].clone()
     table[8, 0] = 1.0
     torch.save({"state_dict": dict(fixture["state_dict"], **{"decoder.embedding_in.0.weight": table}),

@@ -132,10 +132,13 @@ def find_key(tree: Any, key: str) -> Any:
     return None
 
 
-def _shape(state: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
+def _shape(state: dict[str, torch.Tensor], key: str) -> tuple[int, int]:
+    """The (rows, columns) of the official weight matrix ``key``."""
     if key not in state:
         raise CheckpointError(f"official checkpoint: missing key {key!r}")
-    return tuple(state[key].shape)
+    if state[key].ndim != 2:
+        raise CheckpointError(f"official checkpoint: {key} has shape {tuple(state[key].shape)}, expected a matrix")
+    return int(state[key].shape[0]), int(state[key].shape[1])
 
 
 def infer_backbone(state: dict[str, torch.Tensor], hparams: dict, kind: str,
@@ -293,6 +296,14 @@ def _official_state(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _check_shapes(mapped: dict[str, torch.Tensor], own: dict[str, torch.Tensor], names: dict[str, str]) -> None:
+    """CheckpointError naming the official key of the first tensor whose shape does not fit our model."""
+    for key, value in mapped.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"official checkpoint: {names.get(key, key)} has shape {tuple(value.shape)}, "
+                                  f"expected {tuple(own[key].shape)}")
+
+
 def convert_checkpoint(src: str | Path, kind: str, out: str | Path, heads: int | None = None, mean: float = 0.0,
                        std: float = 1.0, max_atoms: int = 52, scaler: str | Path | None = None,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -318,6 +329,7 @@ def convert_checkpoint(src: str | Path, kind: str, out: str | Path, heads: int |
     target = find_key(hparams.get("data"), "prop")  # the official data config's target column
     target = target if isinstance(target, str) and target and "$" not in target else "property"
     model = build_model(kind, backbone, _schedule(state, hparams), mean, std, max_atoms, target)
+    _check_shapes(mapped, model.backbone.state_dict(), official_key_map(backbone, kind))
     try:
         model.backbone.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:
