@@ -94,6 +94,9 @@ def test_refuses_what_it_cannot_map(tmp_path, fixture):
     torch.save({"state_dict": fixture["state_dict"]}, tmp_path / "e.ckpt")  # no hyper-parameters: heads unknown
     fails(tmp_path / "e.ckpt", "property", "pass it with --heads")
     convert_checkpoint(tmp_path / "e.ckpt", "property", tmp_path / "ok.pt", heads=4)
+    knn = dict(fixture["hyper_parameters"], decoder=dict(fixture["hyper_parameters"]["decoder"], edge_style="knn"))
+    fails(official_ckpt(tmp_path / "knn.ckpt", fixture, "energy", hyper_parameters=knn), "energy",
+          "decoder.edge_style = 'knn' is not supported")
     fails(tmp_path / "nope.ckpt", "energy", "checkpoint not found")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     fails(tmp_path / "junk.ckpt", "energy", "unreadable checkpoint")

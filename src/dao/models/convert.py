@@ -141,10 +141,24 @@ def _shape(state: dict[str, torch.Tensor], key: str) -> tuple[int, int]:
     return int(state[key].shape[0]), int(state[key].shape[1])
 
 
+#: official CrysFormer options whose other values change the function (the official configs use these)
+REQUIRED_OPTIONS = {"edge_style": "fc", "ip": True, "norm_edge": True, "dis_emb": "sin"}
+
+
+def _check_variant(hparams: dict) -> None:
+    """CheckpointError when the hyper-parameters name an official variant we do not implement."""
+    decoder = hparams.get("decoder") if isinstance(hparams.get("decoder"), dict) else {}
+    for key, want in REQUIRED_OPTIONS.items():
+        got = decoder.get(key)
+        if got is not None and got != want:
+            raise CheckpointError(f"official checkpoint: decoder.{key} = {got!r} is not supported (only {want!r})")
+
+
 def infer_backbone(state: dict[str, torch.Tensor], hparams: dict, kind: str,
                    heads: int | None = None) -> CrysformerConfig:
     """The Crysformer config of an official state dict: sizes from the shapes, the number of attention
     heads from the hyper-parameters (``head_num``) unless given, the official architecture switches."""
+    _check_variant(hparams)
     hidden, _ = _shape(state, "decoder.embedding_in.1.weight")
     _, latent_in = _shape(state, "decoder.atom_latent_emb.weight")
     _, edge_dim = _shape(state, "decoder.block_0.attention.fn.edges_to_kv.weight")
