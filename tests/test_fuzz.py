@@ -76,6 +76,29 @@ def test_any_cell_is_finalized_or_refused_quickly(lattice, n, data):
                 pass
 
 
+@FAST
+@given(st.lists(wild, min_size=9, max_size=9), st.integers(1, 6), st.data())
+def test_any_input_structure_is_read_physical_or_refused_quickly(lattice, n, data):
+    """A structure read from a file becomes a Crystal with atoms ≥ MIN_INPUT_DISTANCE apart (periodic images
+    included) and a positive volume, or a StructureReadError; never another exception or a hang."""
+    from pymatgen.core import Lattice, Structure
+
+    from dao.constants import MIN_INPUT_DISTANCE
+    from dao.data.records import Record
+    from dao.errors import StructureReadError
+
+    frac = data.draw(st.lists(st.floats(-2, 2, allow_nan=False), min_size=3 * n, max_size=3 * n))
+    if data.draw(st.booleans()):  # a near-duplicate atom: the case files get wrong most often
+        frac[-3:] = [x + data.draw(st.floats(0, 0.05)) for x in frac[:3]]
+    structure = Structure(Lattice(np.array(lattice).reshape(3, 3)), ["Na"] * n, np.array(frac).reshape(n, 3))
+    with time_limit(10):
+        try:
+            crystal = Record("x", structure).to_crystal()
+        except StructureReadError:
+            return
+    assert crystal.min_distance() >= MIN_INPUT_DISTANCE and crystal.volume > 0
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpt_dict():
     from dao.models.generator import DAOGenerator, GeneratorConfig

@@ -18,3 +18,6 @@ MAX_FORMULA_ATOMS = 10_000
 MIN_VOLUME_PER_ATOM = 0.1
 MAX_VOLUME_PER_ATOM = 1.0e4
 MAX_CELL_LENGTH = 1.0e3
+#: atoms of an input structure (energy, relax, predict-property, training data) closer than this (Å, periodic
+#: images included) make it unphysical and it is refused; generated structures are flagged (MIN_DISTANCE) instead
+MIN_INPUT_DISTANCE = 0.1

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from dao.cell import canonical_lattice, niggli_reduce
-from dao.constants import MAX_Z
+from dao.constants import MAX_Z, MIN_INPUT_DISTANCE
 from dao.errors import StructureReadError
 
-__all__ = ["Crystal", "CrystalBatch", "canonical_lattice", "structures_to_crystals"]
+__all__ = ["Crystal", "CrystalBatch", "canonical_lattice", "input_crystal", "min_distance", "structures_to_crystals"]
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -49,13 +49,13 @@ class Crystal:
     def volume(self) -> float:
         return float(abs(np.linalg.det(self.lattice)))
 
+    def min_distance(self) -> float:
+        """The smallest interatomic distance (Å), periodic images included (see :func:`min_distance`)."""
+        return min_distance(self.lattice, self.frac_coords)
+
     @classmethod
     def from_structure(cls, structure: "Structure", niggli: bool = True, meta: dict | None = None) -> "Crystal":
         """Convert a pymatgen Structure (ordered, 3-D periodic). Niggli-reduce and orient canonically."""
-        if not structure.is_ordered:
-            raise StructureReadError("disordered structure (partial occupancies) is not supported")
-        if len(structure) == 0:
-            raise StructureReadError("structure has no atoms")
         check_species_and_coordinates(structure)
         s = structure
         if niggli:
@@ -159,10 +159,14 @@ def structures_to_crystals(structures: Iterable["Structure"], niggli: bool = Tru
 
 
 def check_species_and_coordinates(structure: Structure) -> None:
-    """StructureReadError unless every site is a real element the models cover (1 ≤ Z ≤ MAX_Z; pymatgen reads
+    """StructureReadError unless the structure is ordered and not empty, every site is a real element the models cover (1 ≤ Z ≤ MAX_Z; pymatgen reads
     unknown symbols as dummy species) and every coordinate and lattice entry is finite."""
     from pymatgen.core import Element
 
+    if not structure.is_ordered:
+        raise StructureReadError("disordered structure (partial occupancies) is not supported")
+    if len(structure) == 0:
+        raise StructureReadError("structure has no atoms")
     for site in structure:
         el = site.specie
         el = getattr(el, "element", el)  # an oxidation-state Species carries its element
@@ -172,3 +176,36 @@ def check_species_and_coordinates(structure: Structure) -> None:
             raise StructureReadError(f"element {el.symbol} (Z = {el.Z}) is not supported (Z ≤ {MAX_Z})")
     if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()):
         raise StructureReadError("non-finite lattice or coordinates")
+
+
+def min_distance(lattice: np.ndarray, frac_coords: np.ndarray) -> float:
+    """The smallest distance (Å) between two atoms, or an atom and its own periodic image, of a *reduced* cell
+    (Niggli or LLL: its shortest lattice vector is a basis vector and minimum images lie in the 27 nearest
+    cells)."""
+    from pymatgen.core import Lattice
+
+    lat = Lattice(np.asarray(lattice, dtype=np.float64))
+    frac = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
+    dmin = float(min(lat.abc))
+    if len(frac) > 1:
+        d = lat.get_all_distances(frac, frac)
+        dmin = min(dmin, float(d[~np.eye(len(frac), dtype=bool)].min()))
+    return dmin
+
+
+def input_crystal(structure: Structure, meta: dict | None = None) -> Crystal:
+    """The :class:`Crystal` of a structure read from a user's file, refusing what is not physical: everything
+    :meth:`Crystal.from_structure` refuses, a left-handed or singular cell as written (negative volume: e.g. a
+    negative cell length in a CIF) and atoms closer than ``MIN_INPUT_DISTANCE`` Å (periodic images included).
+    Raises StructureReadError naming the problem. Generated structures are flagged, not refused (dao.ranking)."""
+    check_species_and_coordinates(structure)
+    det = float(np.linalg.det(structure.lattice.matrix))
+    if not det > 0:
+        raise StructureReadError(f"cell volume {det:.4g} Å³ is not positive (a negative cell length or a "
+                                 f"left-handed/singular cell)")
+    crystal = Crystal.from_structure(structure, meta=meta)
+    dmin = crystal.min_distance()
+    if dmin < MIN_INPUT_DISTANCE:
+        raise StructureReadError(f"atoms {dmin:.4g} Å apart (periodic images included; the limit is "
+                                 f"{MIN_INPUT_DISTANCE:g} Å)")
+    return crystal

@@ -43,6 +43,10 @@ __all__ = ["DAOModule", "TrainConfig", "accelerator_for", "epoch_lr_lambda", "fi
 MODEL_NAMES = {"generator": "DAO-G", "energy": "DAO-P"}
 
 
+#: how many skipped training entries are named (with their reason) in the log and the run's data_report
+SKIP_EXAMPLES = 5
+
+
 def load_crystals(paths: Sequence[str | Path], min_atoms: int = 1, max_atoms: int = 10**9,
                   progress: bool = True) -> tuple[list[Crystal], dict]:
     """Read and size-filter training data from any supported files; returns (crystals, report)."""
@@ -50,7 +54,11 @@ def load_crystals(paths: Sequence[str | Path], min_atoms: int = 1, max_atoms: in
     for p in paths:
         cs, skipped = read_any(p, progress=progress)
         sized = [c for c in cs if min_atoms <= c.num_atoms <= max_atoms]
-        report["sources"][str(p)] = {"read": len(cs), "unreadable": len(skipped), "kept_by_size": len(sized)}
+        report["sources"][str(p)] = {"read": len(cs), "unreadable": len(skipped), "kept_by_size": len(sized),
+                                     "unreadable_examples": [f"{name}: {why}" for name, why in skipped[:SKIP_EXAMPLES]]}
+        if skipped:  # name them: the first few entries and why (all counted in the run's data_report)
+            print(f"{p}: skipped {len(skipped)} unreadable entries, e.g. "
+                  + "; ".join(f"{name}: {why}" for name, why in skipped[:SKIP_EXAMPLES]), file=sys.stderr)
         crystals += sized
     return crystals, report
 

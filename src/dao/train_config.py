@@ -88,6 +88,7 @@ class TrainConfig(Config):
                   ("warmup_epochs", self.warmup_epochs >= 0, "at least 0"),
                   ("warmup_start_factor", 0 < self.warmup_start_factor <= 1, "in (0, 1]"),
                   ("cosine_epochs", self.cosine_epochs >= 0, "at least 0 (0: max_epochs)"),
+                  ("seed", 0 <= self.seed <= 2**32 - 1, "in [0, 2**32 - 1] (numpy's seed range)"),
                   ("cosine_epochs", self.schedule != "epochs" or self.cosine_epochs > 0 or self.max_epochs > 0,
                    "above 0 with schedule: epochs and no max_epochs limit")]
         for key, ok, expected in checks:
@@ -120,4 +121,7 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
         raise ConfigError(f"{p}: unknown config section(s): {', '.join(unknown)} (known: {', '.join(known)})")
+    not_mappings = sorted(str(k) for k, v in cfg.items() if k != "method" and not isinstance(v, (dict, type(None))))
+    if not_mappings:
+        raise ConfigError(f"{p}: config section(s) {', '.join(not_mappings)} must be mappings (key: value)")
     return cfg

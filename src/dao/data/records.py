@@ -12,12 +12,13 @@ import gzip
 import io
 import math
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from dao.constants import EHULL_COLUMNS, ID_COLUMNS
-from dao.crystal import Crystal
+from dao.crystal import Crystal, input_crystal
 from dao.errors import StructureReadError
 
 if TYPE_CHECKING:
@@ -45,12 +46,13 @@ class Record:
 
     def to_crystal(self, **meta: Any) -> Crystal:
         """The Niggli-reduced :class:`~dao.crystal.Crystal`; ``meta`` = ``meta`` arguments, then ``info``,
-        the id (when any) and the labels. Raises StructureReadError for unusable structures."""
+        the id (when any) and the labels. Raises StructureReadError for unusable or unphysical structures
+        (:func:`dao.crystal.input_crystal`: negative-volume cell, atoms closer than MIN_INPUT_DISTANCE)."""
         full = {**meta, **self.info}
         if self.id is not None:
             full["id"] = self.id
         full.update(self.labels)
-        return Crystal.from_structure(self.structure, meta=full)
+        return input_crystal(self.structure, meta=full)
 
 
 def open_text(path: str | Path) -> io.TextIOBase:
@@ -62,20 +64,45 @@ def open_text(path: str | Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
+#: what a file that is not UTF-8 text, a truncated or corrupt gzip stream or a broken CSV raises while read
+_UNREADABLE_TEXT = (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile, csv.Error)
+
+
+def _unreadable(path: str | Path, exc: BaseException, line: int | None = None) -> StructureReadError:
+    """The StructureReadError of a text file that cannot be read, naming the file (and the line when known)."""
+    where = f"{path}" + (f" (near line {line})" if line else "")
+    if isinstance(exc, UnicodeDecodeError):
+        return StructureReadError(f"{where}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                                  f"offset {exc.start} of a read block); save the file as UTF-8")
+    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return StructureReadError(f"{where}: corrupt or truncated gzip file ({str(exc)[:120] or type(exc).__name__})")
+    return StructureReadError(f"{where}: malformed CSV ({str(exc)[:120]})")
+
+
 def iter_csv_rows(path: str | Path) -> Iterator[dict[str, str]]:
-    """Stream the rows of a (gzipped) CSV file."""
+    """Stream the rows of a (gzipped) CSV file. A file that is not UTF-8, a corrupt gzip stream or a broken CSV
+    raises StructureReadError naming the file."""
     csv.field_size_limit(1 << 30)
-    with open_text(path) as fh:
-        yield from csv.DictReader(fh)
+    reader = None
+    try:
+        with open_text(path) as fh:
+            reader = csv.DictReader(fh)
+            yield from reader
+    except _UNREADABLE_TEXT as exc:
+        raise _unreadable(path, exc, reader.line_num if reader is not None else None) from None
 
 
 def read_csv_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """All rows of a (gzipped) CSV file and its column names."""
+    """All rows of a (gzipped) CSV file and its column names (errors as in :func:`iter_csv_rows`)."""
     csv.field_size_limit(1 << 30)
-    with open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    reader = None
+    try:
+        with open_text(path) as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except _UNREADABLE_TEXT as exc:
+        raise _unreadable(path, exc, reader.line_num if reader is not None else None) from None
 
 
 def structure_from_cif_string(text: str) -> Structure:

@@ -15,6 +15,7 @@ from pymatgen.core import Lattice, Structure
 
 from dao.data.records import read_csv_table as _read_csv
 from dao.data.records import record_from_row, record_id
+from dao.errors import StructureReadError
 from dao.evaluate.canon import MISSING
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def load_references(csv_path: str | Path) -> tuple[list[Structure], list[str]]:
         raise FileNotFoundError(f"reference file not found: {path}")
     try:
         fields, rows = _read_csv(path)
-    except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError, StructureReadError) as exc:
         raise ValueError(f"cannot read reference CSV {path}: {exc}") from None
     if "cif" not in fields:
         raise ValueError(f"reference CSV {path} has no 'cif' column (columns: {', '.join(fields) or 'none'})")
@@ -238,7 +239,7 @@ def _load_extxyz(path: Path, res: _Resolver, report: LoadReport, k: int | None) 
 def _load_csv(path: Path, res: _Resolver, report: LoadReport) -> list[Entry]:
     try:
         fields, rows = _read_csv(path)
-    except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError, StructureReadError) as exc:
         raise ValueError(f"cannot read predictions CSV {path}: {exc}") from None
     if "cif" not in fields or not ({"ref_index", "material_id"} & set(fields)):
         raise ValueError(f"predictions CSV {path} needs a 'cif' column and 'ref_index' or 'material_id' "
@@ -286,6 +287,8 @@ def load_predictions_with_report(path: str | Path, reference_ids: Sequence[str],
     else:
         raise ValueError(f"unrecognised predictions {path}: expected a directory of CIFs, .extxyz/.xyz or "
                          ".csv/.csv.gz")
+    if not entries:
+        raise ValueError(f"no predictions found in {path} (nothing to evaluate)")
     if report.n_ambiguous_names:
         warnings.warn(f"{report.n_ambiguous_names} all-digit prediction names are also material_ids of other "
                       "rows; they were read as 0-based row indices", stacklevel=2)

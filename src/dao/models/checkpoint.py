@@ -88,6 +88,8 @@ def _check_layout(ckpt: dict, path: Path) -> None:
         if not isinstance(ckpt.get(key), typ):
             what = "missing" if key not in ckpt else f"a {type(ckpt[key]).__name__}"
             raise CheckpointError(f"{path}: field {key!r} is {what}, expected a {typ.__name__}")
+    if ckpt["kind"] not in MODEL_KINDS:
+        raise CheckpointError(f"{path}: unknown model kind {ckpt['kind']!r} (known: {', '.join(sorted(MODEL_KINDS))})")
     bad = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: state_dict entry {bad[0]!r} is not a tensor")
