@@ -43,7 +43,8 @@ def dataset_of(paths: Sequence[str | Path]) -> str | None:
     None when a path names none of them or the paths name different ones."""
     found = set()
     for p in paths:
-        parts = [q.lower().replace("-", "_") for q in Path(p).parts[:-1]] + [Path(p).name.split(".")[0].lower().replace("-", "_")]
+        names_in_path = [*Path(p).parts[:-1], Path(p).name.split(".")[0]]
+        parts = [q.lower().replace("-", "_") for q in names_in_path]
         names = {m.group(1).replace("_", "") for m in map(_DATASET_NAME.match, parts) if m}
         if len(names) != 1:
             return None

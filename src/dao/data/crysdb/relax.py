@@ -120,7 +120,8 @@ def relax_crysdb(src: str | Path, out: str | Path, model: str = "default", min_e
         report["relaxation"] = {
             "source": str(src), "model": pot.name, "window_e_hull": [min_e_hull, max_e_hull], "mode": mode,
             "optimizer": "torch L-BFGS (lr 1, no step cap)" if mode == "official" else optimizer,
-            "steps": steps, "fmax": None if mode == "official" else fmax, "batch_size": batch_size, **{k: int(v) for k, v in stats.items()},
+            "steps": steps, "fmax": None if mode == "official" else fmax, "batch_size": batch_size,
+            **{k: int(v) for k, v in stats.items()},
             "mean_label_change_ev_per_atom": float(np.mean(shifts)) if shifts else None,
             "seconds": round(time.time() - t0, 2),
         }
