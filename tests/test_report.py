@@ -15,6 +15,7 @@ import pytest
 
 from dao.cli import main
 from dao.errors import DAOError
+from dao.xrd import check_pattern
 from tests.test_xrd import measured, tio2_polymorphs, write_xy
 
 
@@ -111,6 +112,21 @@ def test_unranked_prediction_report_and_bad_xrd(tmp_path, tiny_checkpoint, capsy
                   "--out", str(target)])
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and len(err) == 1 and needle in err[0] and not target.exists()
+
+
+def test_report_survives_a_structure_without_reflections(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from dao.report.prediction import write_prediction_report
+    from dao.xrd import compare
+
+    tiny = Structure(Lattice.cubic(0.8), ["H"], [[0, 0, 0]])  # first reflection at 2θ ≈ 149°
+    summary = {"formula": "H", "samples": [{"name": "H_000", "cif": "H_000.cif", "formula": "H"},
+                                           {"name": "H_001", "error": "degenerate <cell>"}]}
+    text = write_prediction_report(tmp_path, summary, [tiny]).read_text()
+    assert parse(text).sections == ["H_000"] and "degenerate &lt;cell&gt;" in text
+    x, y = measured(tio2_polymorphs()["rutile"])
+    assert compare(check_pattern(x, y, 1.54184), [("tiny", tiny)])[0].score == 0.0
 
 
 def test_evaluation_report_has_rows_and_reasons(tmp_path):

@@ -136,6 +136,7 @@ def test_rerank_puts_matching_candidates_first_energy_breaks_near_ties():
     assert order == [2, 3, 0, 1]  # the matching anatase copies first, lower energy first; the rest in energy order
     order, _ = rerank_by_pattern(structures, pat)
     assert order == [2, 3, 0, 1]
+    assert rerank_by_pattern([], pat) == ([], [])
 
 
 def _bad_patterns(tmp_path):

@@ -4,7 +4,7 @@ prediction was ranked against a pattern) and links to its files. One self-contai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -78,7 +78,8 @@ def xrd_png(structure: Structure, wavelength: float | str = DEFAULT_WAVELENGTH) 
     ax.set_ylim(0, 105)
     ax.set_xlabel(f"2θ (degrees, λ = {lam:.5g} Å)")
     ax.set_ylabel("intensity")
-    ax.set_title("simulated powder pattern", fontsize=9)
+    ax.set_title("simulated powder pattern" if len(x) else
+                 f"no reflection between {XRD_RANGE[0]:g}° and {XRD_RANGE[1]:g}°", fontsize=9)
     fig.subplots_adjust(0.12, 0.18, 0.97, 0.9)
     return figure_png(fig, dpi=75)
 
@@ -101,14 +102,16 @@ def _facts(rec: dict[str, Any], structure: Structure) -> list[tuple[str, Any]]:
     return rows
 
 
-def structure_section(rec: dict[str, Any], structure: Structure, pictures: Sequence[tuple[bytes, str]]) -> str:
-    """One structure's ``<section>``: heading, facts table, links to its files, pictures."""
+def structure_section(rec: dict[str, Any], structure: Structure, pictures: Sequence[tuple[bytes | str, str]]) -> str:
+    """One structure's ``<section>``: heading, facts table, links to its files, pictures (PNG bytes, or a
+    note saying why there is none)."""
     name = str(rec.get("name") or rec.get("cif") or "structure")
     files = [link(rec["cif"], rec["cif"])] if rec.get("cif") else []
     if rec.get("cif_symmetrized"):
         files.append(link(rec["cif_symmetrized"], rec["cif_symmetrized"] + " (symmetrized)"))
     facts = table(["", ""], _facts(rec, structure))
-    figs = "".join(img(png, alt) for png, alt in pictures)
+    figs = "".join(img(png, alt) if isinstance(png, bytes) else f'<p class="note">{esc(png)}</p>'
+                   for png, alt in pictures)
     return (f'<section class="structure" id="{esc(name)}"><h2>{esc(name)}</h2>{facts}'
             f'<p>files: {" · ".join(files)}</p><div class="figs">{figs}</div></section>')
 
@@ -128,7 +131,15 @@ def _header(summary: dict[str, Any]) -> str:
     return table(["", ""], facts) + notes + f'<p>all structures: {link("samples.extxyz", "samples.extxyz")}</p>'
 
 
-def _overlays(summary: dict[str, Any], structures: Sequence[Structure]) -> list[bytes] | None:
+def _picture(draw: Callable[[Structure], bytes], structure: Structure, alt: str) -> tuple[bytes | str, str]:
+    """``draw(structure)``, or a one-line note when it fails: a picture never costs the prediction."""
+    try:
+        return draw(structure), alt
+    except Exception as exc:  # a report must not fail the run it describes (matplotlib/pymatgen edge cases)
+        return f"{alt}: picture unavailable ({type(exc).__name__}: {str(exc)[:100]})", alt
+
+
+def _overlays(summary: dict[str, Any], structures: Sequence[Structure]) -> list[bytes | str] | None:
     """Measured-vs-simulated PNGs when the prediction was ranked against a pattern (``summary["xrd"]``)."""
     xrd = summary.get("xrd")
     if not xrd:
@@ -136,8 +147,9 @@ def _overlays(summary: dict[str, Any], structures: Sequence[Structure]) -> list[
     pattern = read_pattern(xrd["pattern"], xrd["wavelength"])
     prep = prepare(pattern)
     names = [str(r.get("name")) for r in summary.get("samples", []) if r.get("cif")]
-    return [overlay_png(prep, st, score_structure(prep, st, name, xrd.get("threshold", MATCH_THRESHOLD)))
-            for name, st in zip(names, structures)]
+    threshold = xrd.get("threshold", MATCH_THRESHOLD)
+    return [_picture(lambda st, name=name: overlay_png(prep, st, score_structure(prep, st, name, threshold)),
+                     st, "")[0] for name, st in zip(names, structures)]
 
 
 def write_prediction_report(folder: str | Path, summary: dict[str, Any], structures: Sequence[Structure]) -> Path:
@@ -149,7 +161,7 @@ def write_prediction_report(folder: str | Path, summary: dict[str, Any], structu
     sections = []
     for k, (rec, st) in enumerate(zip(written, structures)):
         name = rec.get("name")
-        pictures = [(cell_png(st), f"unit cell of {name}"), (xrd_png(st), f"simulated XRD of {name}")]
+        pictures = [_picture(cell_png, st, f"unit cell of {name}"), _picture(xrd_png, st, f"simulated XRD of {name}")]
         if overlays is not None:
             pictures.append((overlays[k], f"measured vs simulated pattern of {name}"))
         sections.append(structure_section(rec, st, pictures))

@@ -84,7 +84,8 @@ def prepare(pattern: Pattern) -> Prepared:
 def sticks(structure: Structure, wavelength: float, two_theta_range: tuple[float, float],
            margin: float = SCALE_RANGE) -> tuple[np.ndarray, np.ndarray]:
     """pymatgen's powder pattern of ``structure`` (peak 2θ, intensity scaled to 100) over the range that any
-    lattice scale within ±``margin`` can move into ``two_theta_range``."""
+    lattice scale within ±``margin`` can move into ``two_theta_range`` (empty arrays when no reflection falls
+    there, e.g. a degenerate cell)."""
     from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
     lo, hi = two_theta_range
@@ -93,7 +94,11 @@ def sticks(structure: Structure, wavelength: float, two_theta_range: tuple[float
     rng = (max(0.01, 2 * math.degrees(math.asin(s_lo))), min(179.99, 2 * math.degrees(math.asin(s_hi))))
     try:
         pat = XRDCalculator(wavelength=wavelength).get_pattern(structure, scaled=True, two_theta_range=rng)
-    except Exception as exc:  # pymatgen raises ValueError/KeyError for species it has no scattering data for
+    except ValueError as exc:
+        if "not enough values to unpack" in str(exc):  # pymatgen's way of saying: no reflection in the range
+            return np.zeros(0), np.zeros(0)
+        raise DAOError(f"cannot simulate the XRD pattern of {structure.composition.reduced_formula}: {exc}") from None
+    except Exception as exc:  # pymatgen raises KeyError etc. for species it has no scattering data for
         raise DAOError(f"cannot simulate the XRD pattern of {structure.composition.reduced_formula}: {exc}") from None
     return np.asarray(pat.x, dtype=float), np.asarray(pat.y, dtype=float)
 
@@ -170,6 +175,8 @@ def rerank_by_pattern(structures: Sequence[Structure], pattern: Pattern,
     judge energies exist (so 0.05 eV/atom above the lowest weighs as 0.05 of score), else by score; the
     others follow in their given (energy) order: the measurement decides what is consistent, the energy
     breaks near-ties among what is."""
+    if not structures:
+        return [], []
     prep = prepare(pattern)
     scores = [m.score for m in score_all(prep, [("", s) for s in structures], threshold)]
     known = [e for e in (energies or []) if e is not None and math.isfinite(e)]
