@@ -3,6 +3,7 @@ files, training rows, configs, checkpoints, empty predictions; and outputs when 
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import json
 
@@ -10,7 +11,10 @@ import pytest
 import torch
 
 from dao.errors import CheckpointError, ConfigError
-from tests.conftest import small_structures, write_csv
+from tests.conftest import small_structures as _small_structures
+from tests.conftest import write_csv
+
+small_structures = functools.cache(_small_structures)  # building them (space groups) takes seconds
 
 
 def dao(capsys, *args: str) -> tuple[int, str, str]:
@@ -162,7 +166,8 @@ def test_non_utf8_config_is_a_config_error(tmp_path):
         load_config(path)
 
 
-def test_bad_config_leaves_no_run_folder(tmp_path, capsys, tiny_csv):
+def test_bad_config_leaves_no_run_folder(tmp_path, capsys):
+    tiny_csv = write_csv(tmp_path / "data.csv", {"Si": small_structures()["Si"]})
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("train: {lr: -1}\n")
     code, _, err = dao(capsys, "train", "generator", "--data", str(tiny_csv), "--config", str(cfg),

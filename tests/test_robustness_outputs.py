@@ -3,9 +3,12 @@ command has started writing: the output folder never holds a partial run, and an
 survives a failed ``--overwrite`` rerun untouched."""
 from __future__ import annotations
 
+import functools
 import pytest
 
-from tests.conftest import small_structures
+from tests.conftest import small_structures as _small_structures
+
+small_structures = functools.cache(_small_structures)  # building them (space groups) takes seconds
 
 
 class Boom(RuntimeError):
