@@ -134,12 +134,14 @@ def test_evaluation_report_has_rows_and_reasons(tmp_path):
 
     poly = tio2_polymorphs()
     res = evaluate({0: [poly["rutile"]], 1: [poly["rutile"]]}, [poly["rutile"], poly["anatase"]], progress=False)
+    (tmp_path / "ev" / "predictions").mkdir(parents=True)  # dao benchmark's layout: rows link their samples
+    poly["rutile"].to(filename=str(tmp_path / "ev" / "predictions" / "1_0.cif"))
     paths = write_report(res, tmp_path / "ev")
     text = paths["report_html"].read_text()
     p = assert_offline(text)
     assert p.images == 2 and p.tables == 3
     assert "no_match" in text and text.count("<tr>") >= 2 + len(res.records)
-    assert 'href="per_structure.csv"' in text
+    assert 'href="per_structure.csv"' in text and 'href="predictions/1_0.cif"' in text
 
 
 def test_links_must_be_relative():

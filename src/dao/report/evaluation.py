@@ -29,6 +29,18 @@ def _headline(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
+def _sample_files(out: Path) -> dict[str, list[str]]:
+    """``dao benchmark``'s sample CIFs ``out/predictions/<row>_<sample>.cif`` by row (one folder listing)."""
+    found: dict[str, list[str]] = {}
+    folder = out / "predictions"
+    if folder.is_dir():
+        for f in sorted(folder.iterdir(), key=lambda p: p.name):
+            row, _, sample = f.stem.rpartition("_")
+            if f.suffix == ".cif" and row and sample.isdigit():
+                found.setdefault(row, []).append(f.name)
+    return found
+
+
 def _row_cells(rec: Mapping[str, Any], prediction_links: bool) -> list[Any]:
     cells: list[Any] = []
     for col in ROW_COLUMNS:
@@ -42,6 +54,15 @@ def _row_cells(rec: Mapping[str, Any], prediction_links: bool) -> list[Any]:
         else:
             cells.append(esc(v))
     return cells
+
+
+def _rows_table(out: Path, records: Sequence[Mapping[str, Any]], prediction_links: bool) -> str:
+    files = _sample_files(out) if prediction_links else {}
+    header = list(ROW_COLUMNS) + (["sample CIFs"] if prediction_links else [])
+    rows = [_row_cells(r, prediction_links) + ([" ".join(link(f"predictions/{f}", Path(f).stem.rpartition("_")[2])
+                                                         for f in files.get(str(r.get("ref_index")), []))]
+                                               if prediction_links else []) for r in records]
+    return table(header, rows, raw=range(len(header)))
 
 
 def write_evaluation_report(out_dir: str | Path, summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
@@ -60,6 +81,6 @@ def write_evaluation_report(out_dir: str | Path, summary: Mapping[str, Any], rec
              table(["reason", "rows"], sorted(reasons.items(), key=lambda kv: -kv[1])) if reasons
              else "<p>every reference row was matched</p>",
              f"<h2>per reference structure ({len(records)} rows)</h2>",
-             table(ROW_COLUMNS, [_row_cells(r, prediction_links) for r in records], raw=range(len(ROW_COLUMNS)))]
+             _rows_table(out, records, prediction_links)]
     heading = title or ("DAO benchmark" if is_benchmark else "DAO evaluation")
     return write_page(out / REPORT_NAME, heading, "\n".join(parts))
