@@ -6,6 +6,7 @@ truth matches (score ≥ threshold), the score margin to the best decoy, and —
 formula's structure against the same candidates — how often "no candidate matches" is correctly said.
 
     DAO_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/bench_xrd.py [--split val --groups 40]
+    OMP_NUM_THREADS=1 python bench/bench_xrd.py --known-case     # docs/xrd.md's TiO2 table (no data needed)
 
 Prints one JSON object.
 """
@@ -24,7 +25,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import mp20_crystals  # noqa: E402
 from dao.xrd import MATCH_THRESHOLD, check_pattern, compare  # noqa: E402
-from tests.test_xrd import measured  # noqa: E402
+from tests.conftest import small_structures  # noqa: E402
+from tests.test_xrd import measured, nacl, tio2_polymorphs  # noqa: E402
+
+KNOWN_VARIANTS = {"default": {}, "weak": dict(counts=500.0), "strong_orientation": dict(po=0.6, seed=1),
+                  "broad_small_cell": dict(fwhm=0.4, strain=(0.97, 0.98, 0.975), seed=2)}
+
+
+def known_case() -> dict:
+    """TiO2 rutile/anatase/brookite against measurements of each under four distortion sets, and the best
+    score of unrelated patterns against the three (docs/xrd.md, 'Known case')."""
+    poly = tio2_polymorphs()
+    out: dict = {}
+    for label, kw in KNOWN_VARIANTS.items():
+        for truth in poly:
+            ranked = compare(check_pattern(*measured(poly[truth], **kw), 1.54184, truth), list(poly.items()))
+            out[f"{label}/{truth}"] = [[m.name, m.score, m.scale] for m in ranked]
+    others = {"NaCl": nacl(), **{k: v for k, v in small_structures().items() if k != "TiO2"}}
+    for name, st in others.items():
+        best = compare(check_pattern(*measured(st), 1.54184, name), list(poly.items()))[0]
+        out[f"unrelated/{name}"] = [best.name, best.score]
+    return out
 
 
 def groups_of(split: str, limit: int, max_size: int = 6) -> list[list]:
@@ -41,8 +62,12 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--groups", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--known-case", action="store_true", help="Only the TiO2 known case of docs/xrd.md.")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.known_case:
+        print(json.dumps(known_case(), indent=1))
+        return
     rng = np.random.default_rng(args.seed)
     groups = groups_of(args.split, args.groups)
     t0 = time.time()
