@@ -65,7 +65,7 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
             steps: int | None, step_lr: float | None, model: str, device: str, batch_size: int, progress: bool,
             energy_model: str | None, guidance_scale: float | None, method: str | None, compile_: bool,
             xrd_pattern: Path | None = None, xrd_wavelength: str = "CuKa") -> None:
-    """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz and summary.json."""
+    """Predict crystal structures for FORMULA; writes CIFs, samples.extxyz, summary.json and report.html."""
     from dao.prediction import run_predict
     from dao.ranking import RankOptions
     from dao.structure_io import claim_output_dir
