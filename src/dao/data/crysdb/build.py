@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dao.config import Config
-from dao.crystal import Crystal
+from dao.crystal import input_crystal
 from dao.data.crysdb.dedupe import dedupe_partition
 from dao.data.crysdb.report import BuildReport, write_outputs
 from dao.data.crysdb.store import schema
@@ -93,7 +93,7 @@ def parse_entry(source: str, index: int, rdr: Reader, entry: Any, cfg: BuildConf
         skip = _filtered(len(structure), labels["e_above_hull"], cfg)
         if skip is not None:
             return skip
-        crystal = Crystal.from_structure(structure)
+        crystal = input_crystal(structure)  # unphysical rows (atoms < 0.1 Å apart, volume ≤ 0) are skipped
         primitive_sites = len(matcher_reduced(structure))
     except StructureReadError as exc:
         return {"stage": "parse_failed", "reason": str(exc)[:200]}
