@@ -113,6 +113,10 @@ def test_cli_ranks_cifs_and_prediction_folder(tmp_path, capsys):
     assert csv_lines[0].startswith("rank,name,formula,score") and len(csv_lines) == 4
     png = (tmp_path / "res" / top["overlay"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    main(["xrd", str(xy), str(pred / "TiO2_rank3.cif"), "--out", str(tmp_path / "res"), "--overwrite",
+          "--threshold", "0.99"])
+    assert "no candidate matches the pattern" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["overlay_001_TiO2_rank3.png", "xrd.csv", "xrd.json"]
 
 
 def test_other_wavelength_and_formats(tmp_path):

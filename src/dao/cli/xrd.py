@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from dao.cli.options import OVERWRITE, BadInputs
+from dao.xrd.score import MATCH_THRESHOLD
 
 #: the ``--wavelength`` option of every command that reads a measured pattern
 WAVELENGTH_HELP = "X-ray wavelength: Å (e.g. 1.5406) or a line name (CuKa, CuKa1, MoKa, CoKa, FeKa, CrKa, AgKa)."
@@ -15,12 +16,12 @@ WAVELENGTH_HELP = "X-ray wavelength: Å (e.g. 1.5406) or a line name (CuKa, CuKa
 @click.argument("pattern", type=click.Path(path_type=Path))
 @click.argument("structures", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--wavelength", default="CuKa", show_default=True, help=WAVELENGTH_HELP)
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Score at or above which a structure matches the pattern (default: docs/xrd.md, 'Threshold').")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=MATCH_THRESHOLD, show_default=True,
+              help="Score at or above which a structure matches the pattern (docs/xrd.md, 'Threshold').")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder for xrd.json, xrd.csv and the overlay PNGs (default: xrd_<pattern name>).")
 @OVERWRITE
-def xrd(pattern: Path, structures: tuple[Path, ...], wavelength: str, threshold: float | None, out: Path | None,
+def xrd(pattern: Path, structures: tuple[Path, ...], wavelength: str, threshold: float, out: Path | None,
         overwrite: bool) -> None:
     """Compare STRUCTURES (CIF files, folders, a `dao predict` folder) with the measured PATTERN.
 
@@ -32,18 +33,16 @@ def xrd(pattern: Path, structures: tuple[Path, ...], wavelength: str, threshold:
     from dao.structure_io import claim_output_dir
     from dao.xrd.output import load_structures, rank_rows, text_table, verdict, write_xrd
     from dao.xrd.pattern import read_pattern
-    from dao.xrd.score import MATCH_THRESHOLD
 
-    limit = MATCH_THRESHOLD if threshold is None else threshold
     measured = read_pattern(pattern, wavelength)  # every pattern problem is one error line before any work
     out = out if out is not None else Path(f"xrd_{pattern.stem}")
     bad = BadInputs()
     with claim_output_dir(out, overwrite=overwrite):
         items, errors = load_structures(structures)
         report_unreadable(items, [("", e) for e in errors], bad)
-        prep, rows = rank_rows(measured, items, limit)
-        write_xrd(out, measured, prep, rows, limit)
+        prep, rows = rank_rows(measured, items, threshold)
+        write_xrd(out, measured, prep, rows, threshold)
     click.echo(text_table(rows))
-    click.echo(verdict(rows, limit))
+    click.echo(verdict(rows, threshold))
     click.echo(f"wrote xrd.json, xrd.csv and {len(rows)} overlay plots to {out}", err=True)
     bad.exit_if_any()
