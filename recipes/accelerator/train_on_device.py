@@ -173,7 +173,7 @@ def check_bf16(data: DeviceData, idx: np.ndarray, tolerance: float = 0.02) -> di
     batch = data.batch(idx[:64])
     losses = []
     for bf16 in (False, True):
-        with torch.random.fork_rng(devices=[data.device]), autocast(data.device, bf16):
+        with torch.no_grad(), torch.random.fork_rng(devices=[data.device]), autocast(data.device, bf16):
             torch.manual_seed(0)
             losses.append(float(model.loss(batch)["loss"]))
     rel = abs(losses[1] - losses[0]) / max(abs(losses[0]), 1e-12)
