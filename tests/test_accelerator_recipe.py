@@ -130,6 +130,22 @@ def test_dry_run_prepare_train_reassemble(tensors, tmp_path):
     assert not (tmp_path / "again.pt").exists()
 
 
+def test_a_nonfinite_step_leaves_the_weights_alone(tensors):
+    train = _load("train_on_device")
+    data = train.DeviceData(train.load_tensor_file(tensors[0]), torch.device("cpu"))
+    model = train.make_model("tiny", "diffusion", 12, data.device)
+    ema = train.make_model("tiny", "diffusion", 12, data.device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = train.schedule(opt, 1, 10, 1e-5)
+    args = train.parse_args(["--out", "unused"])
+    batch = data.batch([0, 1])
+    before = [p.detach().clone() for p in model.parameters()]
+    _, bad = train._step(model, ema, opt, sched, batch.replace(lattice=batch.lattice * float("nan")), False, args, 0)
+    assert bool(bad) and all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    _, bad = train._step(model, ema, opt, sched, batch, False, args, 1)
+    assert not bool(bad) and not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
 def test_train_on_device_refuses_a_missing_tensor_file(tmp_path, capsys):
     train = _load("train_on_device")
     assert train.main(["--data", str(tmp_path / "none.npz"), "--out", str(tmp_path)]) == 2

@@ -204,20 +204,27 @@ def schedule(opt: torch.optim.Optimizer, warmup: int, total: int, lr_min: float)
 
 
 def _step(model: DAOGenerator, ema: DAOGenerator, opt: torch.optim.Optimizer, sched: Any, batch: CrystalBatch,
-          bf16: bool, args: argparse.Namespace, step: int) -> torch.Tensor:
-    """One optimiser step (clipped), the schedule, and the EMA update; returns the detached loss."""
+          bf16: bool, args: argparse.Namespace, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step (clipped), the schedule, and the EMA update; returns the detached loss and whether
+    the gradient was non-finite. Such a step gets a zero gradient (decided on the device, no host sync), so
+    one bad batch cannot spoil the weights of the run."""
     with autocast(batch.frac.device, bf16):
         loss = model.loss(batch)["loss"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    finite = torch.isfinite(norm)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.nan_to_num_(0.0, 0.0, 0.0).mul_(finite)
     opt.step()
     if step + 1 < sched.total_steps:  # past the estimate the rate stays at lr_min
         sched.step()
     d = min(args.ema_decay, (1 + step) / (10 + step))  # the EMA warm-up of dao.train
     with torch.no_grad():
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
-    return loss.detach()
+    return loss.detach(), ~finite
 
 
 def train(data: DeviceData, train_idx: np.ndarray, val_idx: np.ndarray, plan: dict, method: str,
@@ -233,9 +240,10 @@ def train(data: DeviceData, train_idx: np.ndarray, val_idx: np.ndarray, plan: di
     rec = {"method": method, "estimated_steps": est_steps, "train_loss": [], "val_loss": []}
     t0 = time.perf_counter()
     step, seen, next_val, running = 0, 0, t0 + args.val_every, []
+    nonfinite = torch.zeros((), dtype=torch.long, device=data.device)
     for b in endless(sampler):
-        loss = _step(model, ema, opt, sched, data.batch(train_idx[b]), plan["bf16"], args, step)
-        step, seen = step + 1, seen + len(b)
+        loss, bad = _step(model, ema, opt, sched, data.batch(train_idx[b]), plan["bf16"], args, step)
+        step, seen, nonfinite = step + 1, seen + len(b), nonfinite + bad
         running.append(loss)
         if step % 50 == 0:
             rec["train_loss"].append([step, round(float(torch.stack(running).mean()), 5)])
@@ -251,7 +259,8 @@ def train(data: DeviceData, train_idx: np.ndarray, val_idx: np.ndarray, plan: di
     if not rec["val_loss"] or rec["val_loss"][-1][0] != step:
         rec["val_loss"].append([step, round(time.perf_counter() - t0, 1),
                                 round(val_loss(ema, data, val_idx, plan["batch_size"], plan["bf16"]), 5)])
-    rec.update({"steps": step, "epochs": round(seen / len(train_idx), 2), "train_seconds": round(time.perf_counter() - t0, 1)})
+    rec.update({"steps": step, "nonfinite_steps": int(nonfinite), "epochs": round(seen / len(train_idx), 2),
+                "train_seconds": round(time.perf_counter() - t0, 1)})
     return ema.eval(), rec
 
 
@@ -330,7 +339,10 @@ def run(args: argparse.Namespace) -> dict:
     for i, method in enumerate(plan["methods"]):
         left = args.budget_seconds - (time.perf_counter() - t_start) - args.reserve_seconds * (len(plan["methods"]) - i)
         ema, rec = train(data, train_idx, val_idx, plan, method, left / (len(plan["methods"]) - i), args, log)
-        rec["sampling"] = sample_speed(ema, data, val_idx, args.sample_count, args.sample_steps)
+        try:  # the weights matter more than the speed figure: export whatever happens here
+            rec["sampling"] = sample_speed(ema, data, val_idx, args.sample_count, args.sample_steps)
+        except Exception as exc:  # noqa: BLE001 (recorded in the log)
+            rec["sampling"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         meta = {"command": " ".join(sys.argv), "recipe": "recipes/accelerator (issue 15)", "data": data_card,
                 "hardware": hardware(device), "precision": "bf16-autocast+tf32" if plan["bf16"] else
                 ("tf32" if device.type == "cuda" else "fp32"), "size": plan["size"],
