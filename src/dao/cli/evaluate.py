@@ -59,4 +59,4 @@ def evaluate_command(pred_path: Path, ref_path: Path, k: int | None, out_dir: Pa
         raise click.ClickException(str(exc)) from None
     for line in summary_lines(result.summary):
         click.echo(line)
-    click.echo(f"wrote {paths['summary']}")
+    click.echo(f"wrote {paths['summary']} and {paths['report_html']}")
