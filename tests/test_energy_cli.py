@@ -83,15 +83,15 @@ def test_relax_writes_cifs_and_summary(tmp_path, tiny_energy_checkpoint):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_inputs"] == 2 and summary["steps"] == 5 and "FIRE" in summary["optimizer"]
     for rec, name in zip(summary["structures"], ["NaCl", "TiO2"]):
-        assert rec["name"] == name and rec["status"] in {"converged", "not_converged", "aborted"}
-        assert rec["steps"] <= 5 and math.isfinite(rec["energy_final"])
-        if rec["status"] != "aborted":
-            s = Structure.from_file(out / rec["cif"])
-            assert s.composition.reduced_formula == name and len(s) == rec["num_atoms"]
-            assert abs(s.volume - rec["volume_final"]) < 1e-3 * rec["volume_final"]
-            frames = read(out / rec["trajectory"], index=":")
-            assert len(frames) == rec["steps"] + 1 and abs(frames[-1].get_volume() - s.volume) < 1e-3 * s.volume
-            assert frames[0].get_forces().shape == (rec["num_atoms"], 3)
+        # the tiny DAO-P's forces on these symmetric cells are ~1e-3 eV/Å: both must converge (not abort)
+        assert rec["name"] == name and rec["status"] == "converged", rec
+        assert rec["steps"] <= 5 and rec["max_force"] < 0.01 and math.isfinite(rec["energy_final"])
+        s = Structure.from_file(out / rec["cif"])
+        assert s.composition.reduced_formula == name and len(s) == rec["num_atoms"]
+        assert abs(s.volume - rec["volume_final"]) < 1e-3 * rec["volume_final"]
+        frames = read(out / rec["trajectory"], index=":")
+        assert len(frames) == rec["steps"] + 1 and abs(frames[-1].get_volume() - s.volume) < 1e-3 * s.volume
+        assert frames[0].get_forces().shape == (rec["num_atoms"], 3)
 
 
 def test_energy_table_and_jsonl_formatting(tmp_path):
