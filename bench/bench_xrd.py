@@ -77,7 +77,8 @@ def main() -> None:
         other = groups[(gi + 1) % len(groups)][0][1]
         for name, s in group:
             kw = dict(strain=tuple(1 + rng.uniform(-0.03, 0.03, 3)), fwhm=float(rng.uniform(0.08, 0.4)),
-                      po=float(rng.uniform(0.7, 1.3)), seed=int(rng.integers(1 << 30)), shift=float(rng.uniform(-0.05, 0.05)))
+                      po=float(rng.uniform(0.7, 1.3)), seed=int(rng.integers(1 << 30)),
+                      shift=float(rng.uniform(-0.05, 0.05)))
             ranked = compare(check_pattern(*measured(s, **kw), 1.54184, name), cands)
             cases += 1
             top1 += ranked[0].name == name

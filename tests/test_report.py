@@ -156,10 +156,12 @@ def test_links_must_be_relative():
         wavelength_of(0.0)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="headless Chromium not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(ranked_folder, tmp_path):
     url = (ranked_folder / "report.html").resolve().as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}"]
     shot = tmp_path / "shot.png"
     subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1000,1400", url],
                    capture_output=True, timeout=60, check=True)
