@@ -175,22 +175,33 @@ def test_bad_config_leaves_no_run_folder(tmp_path, capsys):
     assert code == 2 and "train.lr" in err and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("field,value", [("config", None), ("dao_format", "1"), ("kind", "transformer"),
-                                         ("meta", [1]), ("state_dict", "nan")])
-def test_broken_checkpoints_are_refused_by_energy_and_info(tmp_path, capsys, tiny_energy_checkpoint, field, value):
-    ckpt = torch.load(tiny_energy_checkpoint, weights_only=True)
+def broken_copy(path, folder, field, value):
+    """``path``'s checkpoint with ``field`` deleted (None), all-NaN weights ("nan") or set to ``value``."""
+    ckpt = torch.load(path, weights_only=True)
     if value is None:
         del ckpt[field]
     elif value == "nan":
         ckpt[field] = {k: v * float("nan") if v.is_floating_point() else v for k, v in ckpt[field].items()}
     else:
         ckpt[field] = value
-    bad = tmp_path / "broken.pt"
+    bad = folder / f"broken_{path.stem}.pt"
     torch.save(ckpt, bad)
+    return bad
+
+
+@pytest.mark.parametrize("field,value", [("config", None), ("dao_format", "1"), ("kind", "transformer"),
+                                         ("meta", [1]), ("state_dict", "nan")])
+def test_broken_checkpoints_are_refused_by_predict_energy_and_info(tmp_path, capsys, tiny_checkpoint,
+                                                                   tiny_energy_checkpoint, field, value):
+    energy = broken_copy(tiny_energy_checkpoint, tmp_path, field, value)
+    generator = broken_copy(tiny_checkpoint, tmp_path, field, value)
     cif = good_cifs(tmp_path)[0]
-    for args in (["energy", str(cif), "--model", str(bad)], ["info", "--model", str(bad)]):
-        code, out, err = dao(capsys, *args)
-        assert code == 2 and out == "" and "broken.pt" in err and err.startswith("dao: error:"), (args, err)
+    out = tmp_path / "pred"
+    for bad, args in ((energy, ["energy", str(cif)]), (energy, ["info"]), (generator, ["info"]),
+                      (generator, ["predict", "NaCl", "--no-rank", "--out", str(out), "--steps", "2"])):
+        code, stdout, err = dao(capsys, *args, "--model", str(bad))
+        assert code == 2 and stdout == "" and bad.name in err and err.startswith("dao: error:"), (args, err)
+    assert not out.exists()
 
 
 def test_info_refuses_a_checkpoint_whose_config_or_weights_do_not_make_a_model(tmp_path, capsys, tiny_checkpoint):
