@@ -79,6 +79,7 @@ def test_choose_plan_takes_the_largest_size_that_fits():
     probes = [{"size": "S", "batch_size": 256, "params": 6_000_000, "seconds_per_step": 0.05, "crystals_per_second": 5120},
               {"size": "M", "batch_size": 256, "params": 12_000_000, "seconds_per_step": 0.1, "crystals_per_second": 2560},
               {"size": "M", "batch_size": 512, "oom": True},
+              {"size": "L", "batch_size": 512, "error": "an op failed"},
               {"size": "L", "batch_size": 256, "params": 25_000_000, "seconds_per_step": 0.4, "crystals_per_second": 640}]
     # 30k crystals, 400 s: S 68 epochs, M 34, L 8.5 → M; half the time gives M 17 < 20: diffusion only
     plan = train.choose_plan(probes, 30_000, 400.0, min_epochs=20)

@@ -134,6 +134,8 @@ def probe_one(data: DeviceData, train_idx: np.ndarray, size: str, batch_size: in
                 break
     except torch.cuda.OutOfMemoryError:
         return {"size": size, "batch_size": batch_size, "oom": True}
+    except RuntimeError as exc:  # recorded; the plan uses the combinations that ran
+        return {"size": size, "batch_size": batch_size, "error": str(exc).splitlines()[0][:300]}
     finally:
         del model, opt
         if data.device.type == "cuda":
@@ -149,11 +151,11 @@ def choose_plan(probes: list[dict], n_train: int, train_seconds: float, min_epoc
     models fit what can come back."""
     best: dict[str, dict] = {}
     for p in probes:
-        if not p.get("oom") and math.isfinite(p["seconds_per_step"]):
+        if "seconds_per_step" in p and math.isfinite(p["seconds_per_step"]):
             if p["size"] not in best or p["crystals_per_second"] > best[p["size"]]["crystals_per_second"]:
                 best[p["size"]] = p
     if not best:
-        raise DAOError("every probed size ran out of memory or timed no step")
+        raise DAOError("every probed size ran out of memory, failed or timed no step (see the log's probe)")
     ordered = sorted(best.values(), key=lambda p: p["params"])
     train_seconds = max(train_seconds, 0.0)
     epochs = {p["size"]: p["crystals_per_second"] * train_seconds / n_train for p in ordered}
@@ -165,11 +167,12 @@ def choose_plan(probes: list[dict], n_train: int, train_seconds: float, min_epoc
             "projected_epochs_full_budget": round(epochs[pick["size"]], 2)}
 
 
-def check_bf16(data: DeviceData, idx: np.ndarray, tolerance: float = 0.02) -> dict:
-    """bf16 autocast is used only if its loss on a real batch (same noise) is within ``tolerance`` of fp32."""
+def check_bf16(data: DeviceData, idx: np.ndarray, size: str, tolerance: float = 0.02) -> dict:
+    """bf16 autocast is used only if the loss of a ``size`` model on a real batch (same noise) is within
+    ``tolerance`` of fp32's."""
     if data.device.type != "cuda":
         return {"bf16": False, "why": "not CUDA"}
-    model = make_model("M", "diffusion", int(data.sizes.max()), data.device)
+    model = make_model(size, "diffusion", int(data.sizes.max()), data.device)
     batch = data.batch(idx[:64])
     losses = []
     for bf16 in (False, True):
@@ -322,7 +325,10 @@ def run(args: argparse.Namespace) -> dict:
     perm = np.random.default_rng(args.seed).permutation(len(data))
     n_val = max(1, min(1000, int(len(data) * args.val_fraction)))
     val_idx, train_idx = np.sort(perm[:n_val]), perm[n_val:]
-    precision = check_bf16(data, train_idx)
+    try:
+        precision = check_bf16(data, train_idx, args.sizes.split(",")[-1])
+    except RuntimeError as exc:  # an op without bf16 support: train in TF32 rather than not at all
+        precision = {"bf16": False, "error": str(exc).splitlines()[0][:300]}
     log.update({"data": {**{k: data_card.get(k) for k in ("file", "sha256", "crystals", "atoms")},
                          "train": len(train_idx), "val": n_val}, "precision": precision,
                 "load_seconds": round(time.perf_counter() - t_start, 1)})
