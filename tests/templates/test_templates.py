@@ -185,3 +185,12 @@ def test_vote_sums_the_templates_that_give_the_same_structure(tmp_path):
     sims = sorted(c.info["similarity"] for c in index.propose(parse_formula("RbBr"), limit=8))
     assert rock.prior > rock.info["similarity"] and voted[0].prior >= voted[1].prior
     assert len(sims) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["embedding", "substitution"])
+def test_bundled_element_distances_equal_their_definition(name):
+    from dao.templates.elements import CACHED, compute_distance_matrix
+
+    assert name in CACHED
+    np.testing.assert_allclose(distance_matrix(name), compute_distance_matrix(name), rtol=1e-12, atol=1e-12)

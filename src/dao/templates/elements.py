@@ -98,11 +98,14 @@ DISTANCES: dict[str, Callable[[], np.ndarray]] = {
     "en": _en, "en_radius": _en_radius, "mendeleev": _mendeleev, "embedding": _embedding,
     "substitution": _substitution,
 }
+#: the slow ones (seconds to tens of seconds: torch, pymatgen's substitution tables) ship precomputed in
+#: ``dao/resources/element_distances.npz`` (written by ``tools/make_element_distances.py``)
+CACHED = ("embedding", "substitution")
+CACHE_FILE = "element_distances.npz"
 
 
-@lru_cache(maxsize=None)
-def distance_matrix(name: str) -> np.ndarray:
-    """The (MAX_Z+1)² element distance matrix of similarity ``name`` (one of :data:`DISTANCES`)."""
+def compute_distance_matrix(name: str) -> np.ndarray:
+    """Build the distance matrix of ``name`` from its definition (no cache)."""
     from dao.errors import DAOError
 
     if name not in DISTANCES:
@@ -110,6 +113,21 @@ def distance_matrix(name: str) -> np.ndarray:
     d = np.asarray(DISTANCES[name](), dtype=np.float64)
     np.fill_diagonal(d, 0.0)
     return d
+
+
+@lru_cache(maxsize=None)
+def distance_matrix(name: str) -> np.ndarray:
+    """The (MAX_Z+1)² element distance matrix of similarity ``name`` (one of :data:`DISTANCES`); the
+    :data:`CACHED` ones come from the bundled file when it holds them."""
+    if name in CACHED:
+        from importlib import resources
+
+        path = resources.files("dao.resources").joinpath(CACHE_FILE)
+        if path.is_file():
+            with np.load(str(path), allow_pickle=False) as z:
+                if name in z.files and z[name].shape == (MAX_Z + 1, MAX_Z + 1):
+                    return np.asarray(z[name], dtype=np.float64)
+    return compute_distance_matrix(name)
 
 
 def atomic_volume(numbers: np.ndarray) -> float:

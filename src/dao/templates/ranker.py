@@ -108,7 +108,7 @@ class TemplateRanker:
         return h @ self.w2 + self.b2
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, hidden: int = 16, epochs: int = 400, weight_decay: float = 1e-3,
+    def fit(cls, x: np.ndarray, y: np.ndarray, hidden: int = 16, epochs: int = 200, weight_decay: float = 1e-2,
             seed: int = 0, meta: str = "{}") -> TemplateRanker:
         """Train on features ``x`` and 0/1 labels ``y`` (full-batch Adam, binary cross-entropy)."""
         import torch
