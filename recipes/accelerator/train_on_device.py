@@ -350,7 +350,8 @@ def run(args: argparse.Namespace) -> dict:
         except Exception as exc:  # noqa: BLE001 (recorded in the log)
             rec["sampling"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         meta = {"command": " ".join(sys.argv), "recipe": "recipes/accelerator (issue 15)", "data": data_card,
-                "hardware": hardware(device), "precision": "bf16-autocast+tf32" if plan["bf16"] else
+                "hardware": hardware(device), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "precision": "bf16-autocast+tf32" if plan["bf16"] else
                 ("tf32" if device.type == "cuda" else "fp32"), "size": plan["size"],
                 "batch_size": plan["batch_size"], "val_slice": n_val,
                 **{k: rec[k] for k in ("steps", "epochs", "train_seconds", "val_loss", "sampling")}}
