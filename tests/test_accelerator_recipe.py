@@ -16,15 +16,13 @@ import torch
 from tests.conftest import small_structures, write_csv
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "accelerator"
-#: runs a script the way the device machine would: none of the packages it lacks can be imported
-NO_PYMATGEN = """import importlib.abc, runpy, sys
+#: imported at start-up (as sitecustomize) by the dry run: the packages the device machine lacks cannot be imported
+NO_PYMATGEN = """import importlib.abc, sys
 class Absent(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in ("pymatgen", "ase", "spglib", "smact", "chgnet"):
             raise ImportError("not on the device machine: " + name)
 sys.meta_path.insert(0, Absent())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -95,11 +93,17 @@ def test_dry_run_prepare_train_reassemble(tensors, tmp_path):
     reassemble, tensors = _load("reassemble"), tensors[0]
     out = tmp_path / "device_out"
     out.mkdir()
-    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", NO_PYMATGEN, str(RECIPE / "train_on_device.py"), "--data", str(tensors), "--sizes", "tiny",
-           "--batch-sizes", "2", "--budget-seconds", "4", "--probe-seconds", "0.5", "--reserve-seconds", "0.5",
-           "--min-epochs", "1", "--methods", "diffusion", "--sample-steps", "2", "--val-every", "1"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    blocker = tmp_path / "device_site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_PYMATGEN)
+    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PY": sys.executable, "DATA": str(tensors),
+           "BUDGET": "4", "PYTHONPATH": str(blocker)}
+    blocked = subprocess.run([sys.executable, "-c", "import pymatgen.core"], env=env, capture_output=True, text=True)
+    assert "not on the device machine: pymatgen" in blocked.stderr  # the blocker is in force
+    cmd = ["bash", str(RECIPE / "run.sh"), "--sizes", "tiny", "--batch-sizes", "2", "--probe-seconds", "0.5",
+           "--reserve-seconds", "0.5", "--min-epochs", "1", "--methods", "diffusion", "--sample-steps", "2",
+           "--val-every", "1"]
+    run = subprocess.run(cmd, env=env, cwd=RECIPE.parents[1], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["dao_g_diffusion.pt.part0", "run_log.json"]
