@@ -22,6 +22,7 @@ import numpy as np
 from dao.candidates import SOURCES, Candidate
 from dao.cell import niggli_reduce
 from dao.constants import MIN_DISTANCE
+from dao.crystal import min_distance
 from dao.data.dedupe import StructureDeduplicator
 from dao.errors import DAOError, StructureReadError
 from dao.formula import CellComposition
@@ -97,13 +98,10 @@ def validity_flags(structure: Structure) -> dict[str, Any]:
     if not (np.isfinite(lat).all() and np.isfinite(structure.frac_coords).all() and abs(vol) > 0):
         return {"min_distance": None, "volume_per_atom": None, "valid": False}
     try:  # bounded reduction (dao.cell): pymatgen's own can search for minutes on a degenerate cell
-        reduced = niggli_reduce(structure).lattice
+        reduced = niggli_reduce(structure)
     except StructureReadError:
         return {"min_distance": None, "volume_per_atom": round(vol, 4), "valid": False}
-    dmin = float(min(reduced.abc))  # an atom and its own periodic image
-    if n > 1:
-        d = structure.distance_matrix
-        dmin = min(dmin, float(d[~np.eye(n, dtype=bool)].min()))
+    dmin = min_distance(reduced.lattice.matrix, reduced.frac_coords)  # periodic self-images included
     lo, hi = VOLUME_PER_ATOM_RANGE
     ok = dmin >= MIN_DISTANCE and lo <= vol <= hi
     return {"min_distance": round(dmin, 4), "volume_per_atom": round(vol, 4), "valid": bool(ok)}
