@@ -37,8 +37,8 @@ def _variant(index: TemplateIndex, name: str, volume: str = "ratio", ranker: str
     return plain.with_ranker(TemplateRanker.load(ranker or default_ranker_path()) if mode == "ranker" else None)
 
 
-def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: int, ranker: str | None = None
-              ) -> dict:
+def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: int, ranker: str | None = None,
+              template_volume: bool = False) -> dict:
     crystals, _ = read_csv(data_dir() / SPLITS[split])
     everything = [c.to_structure() for c in crystals]
     t0 = time.perf_counter()
@@ -47,7 +47,7 @@ def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: 
            "guard_seconds": round(time.perf_counter() - t0, 1)}
     refs = everything[:n]
     for name in variants:
-        for volume in (("ratio", "template") if name == variants[-1] else ("ratio",)):
+        for volume in (("ratio", "template") if name == variants[-1] and template_volume else ("ratio",)):
             idx = _variant(guarded, name, volume, ranker)
             t0 = time.perf_counter()
             preds = {i: [c.structure for c in idx.propose(CellComposition.of_structure(r), limit=k)]
@@ -74,14 +74,16 @@ def main() -> None:
     p.add_argument("--mpts", type=int, default=300)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--ranker", default=None, help="ranker file for the +ranker variants (default: the bundled one)")
+    p.add_argument("--template-volume", action="store_true",
+                   help="also score the last variant with the template's own volume (no Σr³ rescaling)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     a = p.parse_args()
     torch.set_num_threads(1)
     index = TemplateIndex.load(a.index)
     variants = [v for v in a.variants.split(",") if v]
     result = {"index_entries": len(index), "k": a.k,
-              **{s: run_split(index, s, n, variants, a.k, a.ranker) for s, n in (("mp20", a.mp20), ("perov", a.perov),
-                                                                      ("mpts", a.mpts)) if n > 0}}
+              **{s: run_split(index, s, n, variants, a.k, a.ranker, a.template_volume)
+                 for s, n in (("mp20", a.mp20), ("perov", a.perov), ("mpts", a.mpts)) if n > 0}}
     print(json.dumps(result, indent=1))
 
 
