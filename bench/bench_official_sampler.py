@@ -85,6 +85,7 @@ def main() -> None:
         rmses[name] = _score(samples, refs)
         results[name] = {"step_lr": lr, "final_corrector_noise": noise, "seconds": round(seconds, 1),
                          **_summary(rmses[name])}
+        print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)  # progress
     both = [i for i in range(len(refs)) if rmses["final_noise"][i] is not None
             and rmses["noise_free_last_step"][i] is not None]
     paired = {"rows_matched_by_both": len(both),
