@@ -88,3 +88,16 @@ def test_bundled_ranker_loads_with_the_default_index():
     cands = index.propose(parse_formula("KBr"), limit=3)
     assert len(cands) == 3 and all(0 < c.prior < 1 for c in cands)
     assert TemplateIndex.load("default", ranker=None).ranker is None
+
+
+def test_a_feature_constant_in_training_is_ignored_where_it_varies():
+    rng = np.random.default_rng(0)
+    xs, ys = _groups(rng, n_groups=20)
+    x = np.concatenate(xs)
+    x[:, 5] = 0.0  # e.g. a source family absent from the training index
+    model = TemplateRanker.fit(x, np.concatenate(ys), epochs=30)
+    probe = x[:4].copy()
+    moved = probe.copy()
+    moved[:, 5] = 1.0
+    np.testing.assert_allclose(model.score(moved), model.score(probe), rtol=0, atol=0)
+    assert np.all(np.isfinite(model.score(moved)))

@@ -104,7 +104,9 @@ class TemplateRanker:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Logits for a (n, len(FEATURES)) feature matrix."""
-        h = np.tanh(((np.asarray(x, np.float64) - self.mean) / self.scale) @ self.w1 + self.b1)
+        with np.errstate(invalid="ignore"):  # inf scale: a feature the ranker ignores (see fit)
+            z = np.where(np.isinf(self.scale), 0.0, (np.asarray(x, np.float64) - self.mean) / self.scale)
+        h = np.tanh(z @ self.w1 + self.b1)
         return h @ self.w2 + self.b2
 
     @classmethod
@@ -115,7 +117,10 @@ class TemplateRanker:
 
         g = torch.Generator().manual_seed(seed)
         xt = torch.as_tensor(x, dtype=torch.float64)
-        mean, scale = xt.mean(0), xt.std(0).clamp_min(1e-6)
+        std = xt.std(0)
+        # a feature constant in training (e.g. a source family absent from the training index) carries no
+        # learned meaning: an infinite scale maps it to 0 wherever it is used, instead of a huge input
+        mean, scale = xt.mean(0), torch.where(std > 1e-6, std, torch.full_like(std, math.inf))
         xs, yt = (xt - mean) / scale, torch.as_tensor(y, dtype=torch.float64)
         w1 = (torch.randn(x.shape[1], hidden, generator=g, dtype=torch.float64) / math.sqrt(x.shape[1]))
         params = [w1.requires_grad_(), torch.zeros(hidden, dtype=torch.float64, requires_grad=True),
