@@ -194,3 +194,29 @@ def test_cli_converts_then_predicts_with_guidance(tmp_path, fixture, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dao: error: official checkpoint: missing key 'predictor.")
     assert not (tmp_path / "bad.pt").exists()
+
+
+def _official_alphas_cumprod(timesteps: int = 1000, s: float = 0.008) -> torch.Tensor:
+    """The official BetaScheduler's buffer, written from its definition: cosine β clipped to [1e-4, 0.9999],
+    a leading β = 0, cumulative product of 1 − β."""
+    x = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
+    ac = torch.cos(((x / timesteps) + s) / (1 + s) * torch.pi * 0.5) ** 2
+    ac = ac / ac[0]
+    betas = torch.clip(1 - ac[1:] / ac[:-1], 0.0001, 0.9999)
+    return torch.cumprod(1 - torch.cat([torch.zeros(1, dtype=torch.float64), betas]), 0)
+
+
+def test_converted_generator_samples_with_the_official_lattice_schedule(tmp_path, fixture):
+    src = official_ckpt(tmp_path / "official.ckpt", fixture, "generator")
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["state_dict"]["beta_scheduler.alphas_cumprod"] = _official_alphas_cumprod().float()
+    torch.save(ckpt, src)
+    convert_checkpoint(src, "generator", tmp_path / "model.pt")
+    model = load_model(tmp_path / "model.pt", "generator")
+    ab = model.process.lattice.alpha_bar.double()
+    torch.testing.assert_close(ab, _official_alphas_cumprod(), rtol=0, atol=1e-6)
+    assert abs(float(ab[1]) - 0.9999) < 1e-7  # β_1 clipped up to 1e-4 (ours unclipped would give ≈ 1 − 4e-5)
+    ckpt["state_dict"]["beta_scheduler.alphas_cumprod"] = _official_alphas_cumprod(s=0.02).float()
+    torch.save(ckpt, src)
+    with pytest.raises(CheckpointError, match="not the official cosine schedule"):
+        convert_checkpoint(src, "generator", tmp_path / "other.pt")

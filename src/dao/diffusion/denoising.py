@@ -74,7 +74,7 @@ class DiffusionProcess(Process):
     def __init__(self, config: DiffusionConfig | None = None, corrector: bool = True) -> None:
         super().__init__(config or DiffusionConfig())
         c = self.config
-        self.lattice = LatticeDDPM(c.num_steps, c.cosine_s)
+        self.lattice = LatticeDDPM(c.num_steps, c.cosine_s, c.beta_min, c.beta_max)
         self.coords = WrappedNormalCoords(c.num_steps, c.sigma_min, c.sigma_max)
         self.corrector = corrector
 

@@ -22,9 +22,10 @@ from dao.diffusion.schedules import cosine_alpha_bar, geometric_sigmas
 class LatticeDDPM:
     """DDPM on the raw 3×3 lattice with a cosine schedule: L_t = √ᾱ_t L_0 + √(1−ᾱ_t) ε; the model predicts ε."""
 
-    def __init__(self, num_steps: int = 1000, s: float = 0.008) -> None:
+    def __init__(self, num_steps: int = 1000, s: float = 0.008, beta_min: float = 0.0, beta_max: float = 0.999
+                 ) -> None:
         self.num_steps = num_steps
-        ab = cosine_alpha_bar(num_steps, s)
+        ab = cosine_alpha_bar(num_steps, s, beta_min, beta_max)
         self.alpha_bar = ab.float()
         self.alpha = torch.cat([torch.ones(1, dtype=torch.float64), ab[1:] / ab[:-1]]).float()
         self.beta = 1 - self.alpha
@@ -130,6 +131,8 @@ class DiffusionConfig(Config):
 
     num_steps: int = 1000
     cosine_s: float = 0.008
+    beta_min: float = 0.0  # the cosine schedule's β clip; official: [1e-4, 0.9999] (docs/official.md)
+    beta_max: float = 0.999
     sigma_min: float = 0.005
     sigma_max: float = 0.5
     step_lr: float = 1e-5
@@ -142,3 +145,6 @@ class DiffusionConfig(Config):
             raise ConfigError(f"config diffusion: need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if not self.step_lr >= 0 or self.cosine_s < 0:
             raise ConfigError("config diffusion: step_lr and cosine_s must be ≥ 0")
+        if not 0 <= self.beta_min < self.beta_max < 1:
+            raise ConfigError(f"config diffusion: need 0 ≤ beta_min < beta_max < 1, got {self.beta_min}, "
+                              f"{self.beta_max}")

@@ -6,12 +6,14 @@ import math
 import torch
 
 
-def cosine_alpha_bar(num_steps: int, s: float = 0.008) -> torch.Tensor:
-    """ᾱ_t for t = 0..T (ᾱ_0 = 1), Nichol & Dhariwal's cosine schedule; β_t clipped to ≤ 0.999."""
+def cosine_alpha_bar(num_steps: int, s: float = 0.008, beta_min: float = 0.0, beta_max: float = 0.999
+                     ) -> torch.Tensor:
+    """ᾱ_t for t = 0..T (ᾱ_0 = 1), Nichol & Dhariwal's cosine schedule with β_t clipped to
+    [beta_min, beta_max] (ours: [0, 0.999]; the official DAO/DiffCSP code: [1e-4, 0.9999])."""
     t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     alpha_bar = f / f[0]
-    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(min=beta_min, max=beta_max)
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
 
 

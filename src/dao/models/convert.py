@@ -254,15 +254,28 @@ def map_state_dict(state: dict[str, torch.Tensor], cfg: CrysformerConfig, kind: 
     return {k: v.detach().float().clone() for k, v in out.items()}
 
 
+#: the official cosine schedule clips β_t to [1e-4, 0.9999] (DiffCSP's cosine_beta_schedule)
+OFFICIAL_BETA_CLIP = {"beta_min": 1e-4, "beta_max": 0.9999}
+
+
 def _schedule(state: dict[str, torch.Tensor], hparams: dict) -> dict[str, Any]:
     """The diffusion schedule (T, σ_min, σ_max) from the official scheduler buffers, else the
-    hyper-parameters, else the official defaults (1000, 0.005, 0.5)."""
+    hyper-parameters, else the official defaults (1000, 0.005, 0.5); β clipped as the official code does."""
     sigmas = state.get("sigma_scheduler.sigmas")
     if sigmas is not None and sigmas.ndim == 1 and len(sigmas) >= 3:
         out = {"num_steps": len(sigmas) - 1, "sigma_min": float(sigmas[1]), "sigma_max": float(sigmas[-1])}
     else:
         out = {"num_steps": find_key(hparams, "timesteps") or 1000,
                "sigma_min": find_key(hparams, "sigma_begin") or 0.005, "sigma_max": find_key(hparams, "sigma_end") or 0.5}
+    out.update(OFFICIAL_BETA_CLIP)
+    stored = state.get("beta_scheduler.alphas_cumprod")
+    if stored is not None:  # the official ᾱ_t buffer (t = 0..T) must be the schedule we sample with
+        from dao.diffusion.schedules import cosine_alpha_bar
+
+        ours = cosine_alpha_bar(int(out["num_steps"]), 0.008, **OFFICIAL_BETA_CLIP)
+        if stored.shape != ours.shape or not torch.allclose(stored.double(), ours, rtol=0, atol=1e-6):
+            raise CheckpointError("official checkpoint: beta_scheduler.alphas_cumprod is not the official cosine "
+                                  "schedule (s = 0.008, β clipped to [1e-4, 0.9999]); cannot reproduce its sampler")
     if out["num_steps"] != 1000:
         raise CheckpointError(f"official checkpoint: T = {out['num_steps']} diffusion steps; DAO's time embedding "
                               "reads t/T·1000, which equals the official integer-time embedding only for T = 1000")
