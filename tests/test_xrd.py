@@ -189,3 +189,24 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, capsys):
     with pytest.raises(DAOError, match="no peaks"):
         x = np.linspace(10, 80, 400)
         check_pattern(x, np.random.default_rng(0).poisson(100.0, len(x)).astype(float), 1.54)
+
+
+def test_true_polymorph_ranks_first_among_polymorphs_and_dao_samples():
+    """Decoys of the same composition as a user meets them: the other polymorphs and the bundled generator's
+    samples (any sample that is itself the true structure by StructureMatcher is not a decoy)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from dao.formula import parse_formula
+    from dao.models.checkpoint import load_generator
+    from dao.prediction import generate
+
+    poly = tio2_polymorphs()
+    samples = [s.structure for s in generate(load_generator("default-flow"), [parse_formula("Ti4O8")], 6, seed=0)
+               if s.structure is not None]
+    assert len(samples) >= 4
+    truth = poly["rutile"]
+    decoys = [(f"dao_sample_{i}", s) for i, s in enumerate(samples) if not StructureMatcher().fit(s, truth)]
+    x, y = measured(truth)
+    ranked = compare(check_pattern(x, y, 1.54184, "rutile"), list(poly.items()) + decoys)
+    assert ranked[0].name == "rutile" and ranked[0].matched, ranked
+    assert not any(r.matched for r in ranked if r.name.startswith("dao_sample")), ranked
