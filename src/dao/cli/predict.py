@@ -23,9 +23,9 @@ def default_out(formula: str) -> Path:
               help="Structures written: the top n of the ranking (with --no-rank: samples per cell).")
 @click.option("--rank/--no-rank", default=True, show_default=True,
               help="Rank candidates from templates and the generator (--no-rank: raw samples in sample order).")
-@click.option("--judge", type=click.Choice(["auto", "chgnet", "dao", "none"]), default="auto", show_default=True,
-              help="Energy that orders the ranked candidates after a short relaxation; auto: CHGNet if installed, "
-                   "else none; none: source order (templates by similarity, then generated).")
+@click.option("--judge", type=click.Choice(["auto", "chgnet", "dao", "none"]), default="none", show_default=True,
+              help="Energy that orders the ranked candidates after a short relaxation; none: source order "
+                   "(templates by the learned ranker, then generated; measured best); auto: CHGNet if installed.")
 @click.option("--templates", default="default", show_default=True,
               help="Template index for ranked prediction: a path, 'default' or 'none'.")
 @click.option("--candidates", type=click.IntRange(1, 10000), default=8, show_default=True,
