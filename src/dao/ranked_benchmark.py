@@ -4,14 +4,16 @@ lookup (docs/design.md, 'Ranked prediction').
 The template index loses every structure of the split file first (by id and by StructureMatcher, the
 leakage guard of :meth:`dao.templates.TemplateIndex.without`): a template that *is* the answer would make
 the number worthless. Each row's reference cell (the protocol fixes composition and atom count) gets
-:func:`dao.prediction.rank_formula`'s top k (templates and generated candidates of that cell, the judge); the naive baseline is the guarded index's
-electronegativity-order substitution ranked by similarity alone, its top k for the reference cell. Both are
+:func:`dao.prediction.rank_formula`'s top k (templates and generated candidates of that cell, the judge);
+the naive baseline is the guarded index's electronegativity-order substitution ranked by similarity alone,
+its top k for the reference cell. Both are
 scored by :func:`dao.evaluate.evaluate` and written as ``<out>/ranked/`` and ``<out>/naive_template/``
 (predictions as ``<row>_<j>.cif``, the same report files as ``dao evaluate``). Rows already written are not
 recomputed on a rerun.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
     if limit is not None:
         refs, ids = refs[:limit], ids[:limit]
     naive = index.with_options(en_order=True).with_ranker(None)
-    opts = RankOptions(opts.judge, index, opts.candidates, opts.template_limit, opts.relax_steps, opts.relax_seconds)
+    opts = dataclasses.replace(opts, templates=index)
     dev = resolve_device(device)
     gen = load_generator(bundled_generator_for("default-flow" if model == "default" else model, None), dev)
     folders = {name: out / name / "predictions" for name in ("ranked", "naive_template")}
