@@ -45,40 +45,66 @@ def _targets(index: TemplateIndex, banned: set[str], n: int, seed: int) -> list[
     return sorted(rng.choice(len(index), size=min(n, int((w > 0).sum())), replace=False, p=w / w.sum()).tolist())
 
 
-def _label(index: TemplateIndex, target: int, by_formula: dict[str, list[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _energies(structures: list, judges: dict, steps: int) -> dict[str, np.ndarray]:
+    """Per-atom energy of each candidate under each judge: single point (``e_<judge>``) and, with ``steps``,
+    after that many FIRE steps (``r_<judge>``); NaN where the judge fails."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from dao.relaxation import relax_batch
+
+    out: dict[str, np.ndarray] = {}
+    atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
+    for name, potential in judges.items():
+        res = potential.compute(list(enumerate(atoms))) if atoms else []
+        out[f"e_{name}"] = np.array([r.energy / len(a) if not isinstance(r, Exception) else np.nan
+                                     for r, a in zip(res, atoms)])
+        if steps:
+            rel = relax_batch(atoms, potential, steps=steps, fmax=0.05, timeout=20.0) if atoms else []
+            out[f"r_{name}"] = np.array([r.record.get("energy_final") if r.record["status"] != "error"
+                                         and r.record.get("energy_final") is not None else np.nan for r in rel],
+                                        dtype=float)
+    return out
+
+
+def _label(index: TemplateIndex, target: int, by_formula: dict[str, list[int]], judges: dict | None = None,
+           steps: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     truth = index.structure(target)
     formula = reduced_formula_of(index._numbers(target).tolist())
     sm = StructureMatcher()
     leaked = {target} | {j for j in by_formula.get(formula, []) if j != target and sm.fit(truth, index.structure(j))}
-    scanned = index.scan(CellComposition.of_structure(truth), depth=64, skip=leaked.__contains__)[:RERANKED]
+    scanned = index.scan(CellComposition.of_structure(truth), depth=64, skip=leaked.__contains__,
+                         novel=True)[:RERANKED]
     ref = canonicalize(truth)
     y = [float(rms(canonicalize(c.structure), ref)[0] is not None) for c, _ in scanned]
     x = [features(f) for _, f in scanned]
-    return np.array(x).reshape(-1, len(FEATURES)), np.array(y)
+    extra = _energies([c.structure for c, _ in scanned], judges or {}, steps)
+    return np.array(x).reshape(-1, len(FEATURES)), np.array(y), extra
 
 
-def _pack(xs: list, ys: list, groups: list) -> dict[str, np.ndarray]:
-    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "group": np.concatenate(groups)}
+def _pack(xs: list, ys: list, groups: list, extras: list) -> dict[str, np.ndarray]:
+    keys = extras[0].keys() if extras else ()
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "group": np.concatenate(groups),
+            **{k: np.concatenate([e[k] for e in extras]) for k in keys}}
 
 
-def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str | None = None
-            ) -> dict[str, np.ndarray]:
+def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str | None = None,
+            judges: dict | None = None, steps: int = 0) -> dict[str, np.ndarray]:
     by_formula: dict[str, list[int]] = {}
     for i in range(len(index)):
         by_formula.setdefault(reduced_formula_of(index._numbers(i).tolist()), []).append(i)
-    xs, ys, groups, t0 = [], [], [], time.time()
+    xs, ys, groups, extras, t0 = [], [], [], [], time.time()
     for g, t in enumerate(targets):
         if time.time() - t0 > budget:
             break
-        x, y = _label(index, t, by_formula)
-        xs.append(x), ys.append(y), groups.append(np.full(len(y), g))
+        x, y, extra = _label(index, t, by_formula, judges, steps)
+        xs.append(x), ys.append(y), groups.append(np.full(len(y), g)), extras.append(extra)
         if g % 50 == 0:
             print(json.dumps({"targets_done": g, "seconds": round(time.time() - t0)}), file=sys.stderr, flush=True)
             if cache:  # a partial cache survives an interrupted run (rerun with --features to fit on it)
-                np.savez_compressed(cache, **_pack(xs, ys, groups))
-    return _pack(xs, ys, groups)
+                np.savez_compressed(cache, **_pack(xs, ys, groups, extras))
+    return _pack(xs, ys, groups, extras)
 
 
 def split_eval(data: dict[str, np.ndarray], seed: int) -> dict[str, float]:
@@ -103,20 +129,26 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", default=None, help="cache of labelled features (.npz)")
     p.add_argument("--out", default=None)
+    p.add_argument("--energies", default="", help="judges whose candidate energies are recorded (chgnet,dao)")
+    p.add_argument("--relax-steps", type=int, default=0, help="also record energies after this many FIRE steps")
     a = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
     if a.features and Path(a.features).exists():
         with np.load(a.features) as z:
-            data = {k: z[k] for k in ("x", "y", "group")}
+            data = {k: z[k] for k in z.files}
     else:
         root = Path(os.environ["DAO_DATA_DIR"])
         crystals = [c for e in EXCLUDE for c in read_any(root / e)[0]]
         index = TemplateIndex.load(a.index).without(ids=[c.meta["id"] for c in crystals if c.meta.get("id")],
                                                     structures=[c.to_structure() for c in crystals])
         banned = {reduced_formula_of(c.atomic_numbers.tolist()) for c in crystals}
-        data = collect(index, _targets(index, banned, a.targets, a.seed), a.budget, a.features)
+        from dao.potentials import load_potential
+
+        judges = {name: load_potential(name) for name in a.energies.split(",") if name}
+        data = collect(index, _targets(index, banned, a.targets, a.seed), a.budget, a.features, judges,
+                       a.relax_steps)
         if a.features:
             np.savez_compressed(a.features, **data)
     result = {"candidates": int(len(data["y"])), "targets": int(len(np.unique(data["group"]))),

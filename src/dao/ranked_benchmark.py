@@ -61,7 +61,7 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
     if limit is not None:
         refs, ids = refs[:limit], ids[:limit]
     naive = index.with_options(en_order=True).with_ranker(None)
-    opts = dataclasses.replace(opts, templates=index)
+    opts = dataclasses.replace(opts, templates=index, novel=True)
     dev = resolve_device(device)
     gen = load_generator(bundled_generator_for("default-flow" if model == "default" else model, None), dev)
     folders = {name: out / name / "predictions" for name in ("ranked", "naive_template")}
@@ -76,7 +76,7 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
                                   options=opts)  # the protocol fixes the cell: candidates of that cell only
         seconds += time.time() - ts
         _write_row(folders["ranked"], i, ranking.structures[:k])
-        _write_row(folders["naive_template"], i, [c.structure for c in naive.propose(cell, limit=k)])
+        _write_row(folders["naive_template"], i, [c.structure for c in naive.propose(cell, limit=k, novel=True)])
     result: dict[str, Any] = {"split": str(split), "rows": len(refs), "k": k, "judge": opts.judge,
                               "candidates": opts.candidates, "index_entries_after_guard": len(index),
                               "guard_seconds": round(guard_seconds, 1),

@@ -44,7 +44,8 @@ RELAX_STEPS, RELAX_FMAX, RELAX_SECONDS = 5, 0.05, 10.0
 @dataclass
 class RankOptions:
     """How ``dao predict`` ranks: the judge, the template index (a path, "default" or None), how many
-    generated candidates to draw over all cells, template proposals per cell, and the judge's relaxation."""
+    generated candidates to draw over all cells, template proposals per cell, the judge's relaxation, and
+    ``novel`` (propose no structure the index already holds for the composition)."""
 
     judge: str = "none"  # measured: no judge beats the learned template order (default_judge)
     templates: Any = "default"
@@ -52,6 +53,7 @@ class RankOptions:
     template_limit: int = 3
     relax_steps: int = RELAX_STEPS
     relax_seconds: float = RELAX_SECONDS
+    novel: bool = False  # leave out the structures the index holds for the composition itself
 
 
 def default_judge() -> str:
@@ -109,11 +111,12 @@ def validity_flags(structure: Structure) -> dict[str, Any]:
     return {"min_distance": round(dmin, 4), "volume_per_atom": round(vol, 4), "valid": bool(ok)}
 
 
-def template_candidates(cells: Sequence[CellComposition], templates: Any, limit: int = 8
+def template_candidates(cells: Sequence[CellComposition], templates: Any, limit: int = 8, novel: bool = False
                         ) -> tuple[list[Candidate], str | None]:
     """Template proposals for every cell: ``templates`` is a loaded :class:`~dao.templates.TemplateIndex`,
     a path, ``"default"`` or None (no templates). Returns (candidates, a note when the source was skipped
-    because the bundled default index is not installed); a path that cannot be loaded is a DAOError."""
+    because the bundled default index is not installed); a path that cannot be loaded is a DAOError.
+    ``novel``: see :meth:`dao.templates.TemplateIndex.propose`."""
     if templates is None or str(templates) == "none":
         return [], None
     if isinstance(templates, TemplateIndex):
@@ -127,7 +130,7 @@ def template_candidates(cells: Sequence[CellComposition], templates: Any, limit:
             raise DAOError(f"cannot load template index {templates}: {exc}") from None
     out: list[Candidate] = []
     for cell in cells:
-        out.extend(index.propose(cell, limit=limit))
+        out.extend(index.propose(cell, limit=limit, novel=novel))
     return out, None
 
 

@@ -194,3 +194,27 @@ def test_bundled_element_distances_equal_their_definition(name):
 
     assert name in CACHED
     np.testing.assert_allclose(distance_matrix(name), compute_distance_matrix(name), rtol=1e-12, atol=1e-12)
+
+
+def test_known_structure_comes_first_and_novel_mode_leaves_it_out(index, tmp_path):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from dao.templates.ranker import TemplateRanker, default_ranker_path
+
+    cscl = small_structures()["CsCl"]
+    ranked = index.with_ranker(TemplateRanker.load(default_ranker_path()))
+    for idx in (index, ranked):
+        known = idx.propose(parse_formula("CsCl"), limit=4)
+        assert known[0].info["template_id"] == "test-3" and known[0].info["known"] and known[0].prior == 1.0
+        assert StructureMatcher().fit(known[0].structure, cscl)
+        assert [c.info["known"] for c in known[1:]] == [False] * (len(known) - 1)
+        novel = idx.propose(parse_formula("CsCl"), limit=4, novel=True)
+        assert [c.info["template_formula"] for c in novel] == ["NaCl"]  # rock salt CsCl: a new structure
+        assert not any(StructureMatcher().fit(c.structure, cscl) for c in novel)
+    # a substitution that reproduces a known structure is not new either: KCl's B2 template gives B2 CsCl
+    kcl = cscl.copy()
+    kcl.replace_species({"Cs": "K"})
+    kcl.scale_lattice(kcl.volume * 0.8)
+    both = TemplateIndex.build([write_csv(tmp_path / "b2.csv", {"CsCl": cscl, "KCl": kcl})])
+    assert both.propose(parse_formula("CsCl"), limit=4)[0].info["template_formula"] == "CsCl"
+    assert both.propose(parse_formula("CsCl"), limit=4, novel=True) == []

@@ -11,6 +11,7 @@ one already proposed (same space group of the template) is skipped.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from functools import reduce
@@ -150,27 +151,32 @@ class TemplateIndex:
         return sorted(firsts, key=lambda r: r[0]) + sorted(rest, key=lambda r: r[0])
 
     def scan(self, cell: CellComposition, depth: int, skip: Callable[[int], bool] | None = None,
-             stop_at: int | None = None) -> list[tuple[Candidate, Scanned]]:
+             stop_at: int | None = None, novel: bool = False) -> list[tuple[Candidate, Scanned]]:
         """The distinct candidates among the first ``depth`` (template, assignment) pairs of :meth:`ranked`,
         in that order, each with the facts the learned ranker scores (:class:`dao.templates.ranker.Scanned`);
         a later pair that gives the same structure adds a vote to the earlier one. ``skip(entry)`` True
         leaves an entry out (the leave-one-out guard when training the ranker); the scan stops once
-        ``stop_at`` candidates are kept."""
+        ``stop_at`` candidates are kept. ``novel``: the known structures of the composition (entries of the
+        same chemistry, unsubstituted) are not proposed, nor any candidate StructureMatcher-equal to one."""
         from pymatgen.core import Element
 
         seen = StructureDeduplicator()  # equivalent substitutions: StructureMatcher within a space group
+        pairs = [r for r in self.ranked(cell) if skip is None or not skip(r[1])]
+        if novel:
+            for _, i, mapping, m in pairs:
+                if _is_known(mapping):
+                    seen.exclude(int(self.arrays.spacegroup[i]), functools.partial(self._candidate, i, mapping, m), i)
+            pairs = [r for r in pairs if not _is_known(r[2])]
         out: list[tuple[Candidate, Scanned]] = []
         best_done: set[int] = set()
-        for d, i, mapping, m in self.ranked(cell)[:depth]:
+        for d, i, mapping, m in pairs[:depth]:
             if stop_at is not None and len(out) >= stop_at:
                 break
-            if skip is not None and skip(i):
-                continue
-            s = self.structure(i, mapping)
-            if m > 1:
-                s.make_supercell([m, 1, 1])
+            s = self._candidate(i, mapping, m)
             sg = int(self.arrays.spacegroup[i])
             verdict, rep = seen.add(sg, s, len(out))
+            if verdict == "matches_excluded":
+                continue
             if verdict != "kept":
                 out[rep][1].votes += 1
                 out[rep][1].vote_similarity += math.exp(-d)
@@ -188,25 +194,43 @@ class TemplateIndex:
                     "template_formula": reduced_formula_of(numbers.tolist()),
                     "template_source": facts.source,
                     "assignment": {Element.from_Z(a).symbol: Element.from_Z(b).symbol for a, b in mapping.items()},
-                    "spacegroup": sg, "similarity": math.exp(-d), "supercell": m}
+                    "spacegroup": sg, "similarity": math.exp(-d), "supercell": m, "known": _is_known(mapping)}
             out.append((Candidate(cell, s, "template", info, prior=math.exp(-d)), facts))
         return out
 
-    def propose(self, cell: CellComposition, limit: int = 8) -> list[Candidate]:
-        """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits. The order
-        is the learned ranker's when the index has one (``ranker``), else by summed similarity of the
-        templates giving each structure (``vote``), else by the best similarity."""
+    def _candidate(self, i: int, mapping: dict[int, int], m: int) -> Structure:
+        s = self.structure(i, mapping)
+        if m > 1:
+            s.make_supercell([m, 1, 1])
+        return s
+
+    def propose(self, cell: CellComposition, limit: int = 8, novel: bool = False) -> list[Candidate]:
+        """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits. Known
+        structures of the composition come first (``info["known"]``, prior 1); ``novel`` leaves them out
+        (see :meth:`scan`; the setting of a benchmark whose answers were removed from the index). The
+        substitutions follow in the learned ranker's order when the index has one (``ranker``), else by
+        summed similarity of the templates giving each structure (``vote``), else by the best similarity."""
         depth = max(limit * _SCAN, _MIN_SCAN)
         if self.ranker is None and not self.vote:  # plain order: stop scanning once enough are kept
-            return [c for c, _ in self.scan(cell, depth, stop_at=limit)]
-        scanned = self.scan(cell, depth)
-        if self.ranker is not None and scanned:
-            scanned = scanned[:RERANKED]
-            scores = self.ranker.score(np.stack([features(f) for _, f in scanned]))
-            for (c, _), sc in zip(scanned, scores):
-                c.prior = float(1.0 / (1.0 + math.exp(-sc)))
+            scanned = self.scan(cell, depth, stop_at=limit, novel=novel)
         else:
-            for c, f in scanned:
+            scanned = self.scan(cell, depth, novel=novel)
+        known = [c for c, f in scanned if _is_known(f.mapping)]
+        rest = [(c, f) for c, f in scanned if not _is_known(f.mapping)]
+        for c in known:
+            c.prior = 1.0
+        if self.ranker is not None and rest:
+            rest = rest[:RERANKED]
+            scores = self.ranker.score(np.stack([features(f) for _, f in rest]))
+            for (c, _), sc in zip(rest, scores):
+                c.prior = float(1.0 / (1.0 + math.exp(-sc)))
+        elif self.vote:
+            for c, f in rest:
                 c.prior = f.vote_similarity
-        order = sorted(range(len(scanned)), key=lambda j: (-scanned[j][0].prior, j))
-        return [scanned[j][0] for j in order[:limit]]
+        order = sorted(range(len(rest)), key=lambda j: (-rest[j][0].prior, j))
+        return (known + [rest[j][0] for j in order])[:limit]
+
+
+def _is_known(mapping: dict[int, int]) -> bool:
+    """An unsubstituted entry: the assignment maps every element onto itself."""
+    return all(a == b for a, b in mapping.items())
