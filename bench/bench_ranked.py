@@ -1,17 +1,22 @@
-"""Ranked prediction vs raw samples on MP-20 val: MR@1 (the CSP protocol, dao.evaluate) of
+"""The ranked answer and its ablation on a CSP val split, under the protocol (each row's cell is fixed):
+MR@1 (dao.evaluate) and seconds per composition of
 
-* ``first_sample``: today's ``--no-rank`` answer with the same generator, the first sample of the reference's
-  cell (the formula as typed);
-* ``template_top1``: the template index's first proposal for the reference's cell (the template-only baseline);
-* ``ranked_<judge>``: the top of :func:`dao.ranking.rank_candidates` over the same candidates (templates for
-  every admissible Z plus ``--candidates`` generated samples over all Z), judge none / dao / chgnet;
+* ``templates_naive``: the naive lookup (electronegativity-order substitution, similarity order);
+* ``templates``: the template index in its learned order (``dao predict``'s template source);
+* ``generated_<N>_<judge>``: N flow samples of the cell alone, ranked by the judge;
+* ``both_<N>_<judge>``: templates then N generated samples, ranked as ``dao predict`` ranks them;
 
-and seconds per composition (generation, then each judge). The template index is built WITHOUT the val
-split (``dao templates build train.csv.gz --exclude val.csv.gz --out DIR``, pass ``--index DIR/templates.npz``)
-and guarded again with ``without`` (ids and StructureMatcher) against the evaluated rows.
+with judge ``none`` (source order: templates in the learned order, then samples in sample order),
+``dao``/``chgnet`` single point (``_r0``) or after ``--relax-steps`` FIRE steps (``_r5``). Every candidate is
+screened for validity as :func:`dao.ranking.rank_candidates` does and judged once; each configuration's answer is
+the lowest judged energy among its valid candidates (the relaxed structure when relaxed). The N-candidate sets
+are the first N of one ``--candidates`` max draw; their generation time is the draw's time × N / max.
 
-    DAO_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/bench_ranked.py --index DIR/templates.npz \
-        [--rows 30 --candidates 10 --relax-steps 10 --judges none,dao,chgnet --model default-flow]
+The template index is the bundled one (or ``--index``) minus every structure of the split (ids and
+StructureMatcher), proposing in ``novel`` mode as ``dao benchmark --ranked`` does.
+
+    DAO_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/bench_ranked.py --split mp20 --rows 40 \
+        [--candidates 8,32,128 --judges none,dao,chgnet --relax-steps 5]
 
 Prints one JSON line per row to stderr and one JSON object at the end.
 """
@@ -24,76 +29,133 @@ import time
 
 import torch
 
-from _common import environment, mp20_crystals
-from dao.evaluate import evaluate
+from _common import data_dir, environment
+from dao.candidates import Candidate
+from dao.evaluate import evaluate, load_references
 from dao.formula import CellComposition
 from dao.models.checkpoint import load_generator
 from dao.prediction import generated_candidates, sample_formula
-from dao.ranking import rank_candidates, template_candidates
-from dao.templates import TemplateIndex
+from dao.ranked_benchmark import guarded_index
+from dao.ranking import judge_structures, validity_flags
+
+SPLITS = {"mp20": "csp/mp_20/val.csv.gz", "perov": "csp/perov_5/val.csv.gz", "mpts": "csp/mpts_52/val.csv.gz"}
 
 
-def _row(model, index, ref, seed: int, a: argparse.Namespace) -> dict:
+def _judged(cands: list[Candidate], judges: list[str], steps: int) -> tuple[dict, dict]:
+    """{(judge, relaxed?): [(structure, energy or None) per candidate]} and seconds per setting."""
+    valid = [validity_flags(c.structure)["valid"] for c in cands]
+    out, secs = {}, {}
+    for judge in judges:
+        for s in sorted({0, steps}):
+            t0 = time.perf_counter()
+            res = judge_structures([c.structure for c, v in zip(cands, valid) if v], judge, steps=s)
+            it = iter(res)
+            rows = []
+            for c, v in zip(cands, valid):
+                if not v:
+                    rows.append((c.structure, None))
+                    continue
+                st, e, _ = next(it)
+                rows.append((st, e if e is not None and validity_flags(st)["valid"] else None))
+            out[(judge, s)], secs[(judge, s)] = rows, time.perf_counter() - t0
+    return {"valid": valid, **out}, secs
+
+
+def _answer(members: list[int], judged: dict, judge: str, steps: int) -> tuple:
+    """The top candidate among ``members`` (indices in source order): first valid under judge none, else
+    the lowest judged energy (unjudged valid ones after, in source order)."""
+    ok = [i for i in members if judged["valid"][i]]
+    if not ok:
+        return None
+    if judge == "none":
+        return ok[0], None
+    rows = judged[(judge, steps)]
+    best = min(ok, key=lambda i: (rows[i][1] is None, rows[i][1] or 0.0, i))
+    return best, rows[best][0]
+
+
+def _row(model, index, naive, ref, seed: int, a: argparse.Namespace) -> dict:
     cell = CellComposition.of_structure(ref)
+    ntop = max(a.candidates)
     t0 = time.perf_counter()
-    run = sample_formula(cell.formula, 1, seed=seed, steps=a.steps, model=model, device="cpu", all_cells=True,
-                         total=a.candidates)
-    templates, _ = template_candidates(run.cells, index, a.template_limit)
-    out: dict = {"seconds_generate": time.perf_counter() - t0}
-    first = [s.structure for s in run.samples if s.cell.num_atoms == cell.num_atoms and s.index == 0]
-    out["first_sample"] = first[0] if first else None
-    own = [c for c in templates if c.cell.num_atoms == cell.num_atoms]
-    out["template_top1"] = own[0].structure if own else None
-    cands = templates + generated_candidates(run)
-    for judge in a.judges:
-        t0 = time.perf_counter()
-        ranking = rank_candidates([c.__class__(c.cell, c.structure, c.source, dict(c.info), c.prior) for c in cands],
-                                  judge, "cpu", a.relax_steps, a.relax_seconds)
-        out[f"ranked_{judge}"] = ranking.structures[0] if ranking.ranked else None
-        out[f"seconds_{judge}"] = time.perf_counter() - t0
-        out[f"counts_{judge}"] = ranking.counts
-    return out
+    tpl = index.propose(cell, limit=a.template_limit, novel=True)
+    t_tpl = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive_top = naive.propose(cell, limit=1, novel=True)
+    t_naive = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = sample_formula(cell.formula, ntop, atoms=cell.num_atoms, seed=seed, steps=a.steps, model=model,
+                         device="cpu")
+    t_gen = time.perf_counter() - t0
+    gen = generated_candidates(run)
+    cands = tpl + gen
+    judged, jsecs = _judged(cands, [j for j in a.judges if j != "none"], a.relax_steps)
+    nt = len(tpl)
+    gen_idx = [nt + k for k in range(len(gen))]
+    answers = {"templates_naive": naive_top[0].structure if naive_top else None}
+    r = _answer(list(range(nt)), judged, "none", 0)
+    answers["templates"] = cands[r[0]].structure if r else None
+    secs = {"templates_naive": t_naive, "templates": t_tpl}
+    for n in a.candidates:
+        members = {"generated": [i for i in gen_idx if cands[i].info["sample"] < n]}
+        members["both"] = list(range(nt)) + members["generated"]
+        share = n / ntop
+        for src, mem in members.items():
+            for judge in a.judges:
+                for s in ((0,) if judge == "none" else sorted({0, a.relax_steps})):
+                    key = f"{src}_{n}_{judge}" + ("" if judge == "none" else f"_r{s}")
+                    r = _answer(mem, judged, judge, s)
+                    answers[key] = None if r is None else (r[1] if r[1] is not None else cands[r[0]].structure)
+                    js = 0.0 if judge == "none" else jsecs[(judge, s)] * len(mem) / max(len(cands), 1)
+                    secs[key] = t_gen * share + (t_tpl if src == "both" else 0.0) + js
+    return {"answers": answers, "seconds": secs, "templates": nt}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--index", required=True, help="template index built without the val split")
-    p.add_argument("--rows", type=int, default=30)
-    p.add_argument("--candidates", type=int, default=10)
-    p.add_argument("--template-limit", type=int, default=4)
-    p.add_argument("--relax-steps", type=int, default=10)
-    p.add_argument("--relax-seconds", type=float, default=10.0)
+    p.add_argument("--split", choices=sorted(SPLITS), default="mp20")
+    p.add_argument("--rows", type=int, default=40)
+    p.add_argument("--index", default="default")
+    p.add_argument("--candidates", default="8,32,128", help="generated-candidate counts (comma-separated)")
+    p.add_argument("--template-limit", type=int, default=8)
+    p.add_argument("--relax-steps", type=int, default=5)
     p.add_argument("--judges", default="none,dao,chgnet")
     p.add_argument("--model", default="default-flow")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     a.judges = [j for j in a.judges.split(",") if j]
+    a.candidates = sorted(int(n) for n in a.candidates.split(",") if n)
     torch.set_num_threads(1)
-    crystals = mp20_crystals("val", a.rows)
-    refs = [c.to_structure() for c in crystals]
-    index = TemplateIndex.load(a.index).without(ids=[c.meta["id"] for c in crystals if c.meta.get("id")],
-                                                structures=refs)
+    refs, ids = load_references(data_dir() / SPLITS[a.split])
+    t0 = time.perf_counter()
+    index = guarded_index(a.index, refs, ids)
+    guard = time.perf_counter() - t0
+    naive = index.with_options(en_order=True).with_ranker(None)
+    refs = refs[:a.rows]
     model = load_generator(a.model, "cpu")
-    methods = ["first_sample", "template_top1"] + [f"ranked_{j}" for j in a.judges]
-    preds: dict[str, dict[int, list]] = {m: {} for m in methods}
-    secs: dict[str, list[float]] = {k: [] for k in ["generate", *a.judges]}
+    for judge in a.judges:  # load each judge once before timing anything
+        if judge != "none":
+            judge_structures(refs[:1], judge, steps=0)
+    preds: dict[str, dict[int, list]] = {}
+    secs: dict[str, list[float]] = {}
+    with_templates = 0
     for i, ref in enumerate(refs):
-        r = _row(model, index, ref, a.seed + i, a)
-        for m in methods:
-            preds[m][i] = [r[m]] if r[m] is not None else []
-        for k in secs:
-            secs[k].append(r[f"seconds_{k}"])
-        print(json.dumps({"row": i, "formula": ref.composition.reduced_formula,
-                          **{k: round(r[f"seconds_{k}"], 2) for k in secs},
-                          **{f"counts_{j}": r[f"counts_{j}"] for j in a.judges[:1]}}), file=sys.stderr, flush=True)
-    result = {"rows": len(refs), "args": {k: v for k, v in vars(a).items()}, "index_entries": len(index),
-              "environment": environment(torch.device("cpu"))}
-    for m in methods:
-        s = evaluate(preds[m], refs, k=1, progress=False).summary
-        result[m] = {"mr@1": s["match_rate"], "rmse": s["rmse"], "mr@1_unfiltered": s["match_rate_unfiltered"],
-                     "answered": sum(bool(v) for v in preds[m].values())}
-    result["seconds_per_composition"] = {k: round(sum(v) / max(len(v), 1), 2) for k, v in secs.items()}
+        r = _row(model, index, naive, ref, a.seed + i, a)
+        with_templates += r["templates"] > 0
+        for key, st in r["answers"].items():
+            preds.setdefault(key, {})[i] = [st] if st is not None else []
+            secs.setdefault(key, []).append(r["seconds"][key])
+        print(json.dumps({"row": i, "formula": ref.composition.reduced_formula, "atoms": len(ref),
+                          "templates": r["templates"]}), file=sys.stderr, flush=True)
+    result = {"split": a.split, "rows": len(refs), "rows_with_a_template": with_templates,
+              "args": {k: v for k, v in vars(a).items()}, "index_entries_after_guard": len(index),
+              "guard_seconds": round(guard, 1), "environment": environment(torch.device("cpu")), "mr@1": {},
+              "seconds_per_composition": {}}
+    for key in preds:
+        s = evaluate(preds[key], refs, k=1, progress=False).summary
+        result["mr@1"][key] = s["match_rate"]
+        result["seconds_per_composition"][key] = round(sum(secs[key]) / max(len(secs[key]), 1), 2)
     print(json.dumps(result, indent=1))
 
 

@@ -128,7 +128,15 @@ def test_cli_ranked_summary_and_no_rank(tmp_path, tiny_checkpoint, tiny_index):
     for r in recs:
         assert {"energy_per_atom", "source", "source_info", "min_distance", "volume_per_atom", "valid"} <= set(r)
         assert r["valid"] and (out / f"NaCl_rank{r['rank']}.cif").is_file() and r["cif"] == f"NaCl_rank{r['rank']}.cif"
-    assert recs[0]["source"] == "template" and "template_id" in recs[0]["source_info"]
+    assert recs[0]["source"] == "template" and recs[0]["source_info"]["known"]  # the index holds NaCl itself
+    assert "known" in proc.stdout or "known" in proc.stderr
+    novel = tmp_path / "novel"
+    proc = run_dao("predict", "NaCl", "-n", "3", "--model", str(tiny_checkpoint), "--out", str(novel), "--steps", "3",
+                   "--templates", str(tiny_index), "--candidates", "4", "--novel", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    novel_recs = json.loads((novel / "summary.json").read_text())["samples"]
+    assert not any(r["source_info"].get("known") for r in novel_recs)
+    assert all(r["source_info"].get("template_id") != recs[0]["source_info"]["template_id"] for r in novel_recs)
     from ase.io import read
 
     frames = read(out / "samples.extxyz", index=":")

@@ -112,7 +112,7 @@ def split_eval(data: dict[str, np.ndarray], seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     held = set(rng.choice(groups, size=len(groups) // 5, replace=False).tolist())
     test = np.array([g in held for g in data["group"]])
-    model = TemplateRanker.fit(data["x"][~test], data["y"][~test])
+    model = TemplateRanker.fit(data["x"][~test], data["y"][~test], groups=data["group"][~test])
     per = [np.flatnonzero((data["group"] == g)) for g in sorted(held)]
     labels = [data["y"][p] for p in per]
     rank0 = [-np.arange(len(p), dtype=float) for p in per]
@@ -155,7 +155,7 @@ def main() -> None:
               "positives": int(data["y"].sum()), **split_eval(data, a.seed)}
     if a.out:
         meta = json.dumps({"command": " ".join(sys.argv), "excluded": list(EXCLUDE), **result})
-        TemplateRanker.fit(data["x"], data["y"], meta=meta).save(a.out)
+        TemplateRanker.fit(data["x"], data["y"], groups=data["group"], meta=meta).save(a.out)
     print(json.dumps(result, indent=1))
 
 

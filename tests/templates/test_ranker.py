@@ -22,10 +22,12 @@ def _groups(rng, n_groups=60, size=6):
     return xs, ys
 
 
-def test_ranker_learns_which_candidate_is_right():
+@pytest.mark.parametrize("listwise", [False, True])
+def test_ranker_learns_which_candidate_is_right(listwise):
     rng = np.random.default_rng(0)
     xs, ys = _groups(rng)
-    model = TemplateRanker.fit(np.concatenate(xs), np.concatenate(ys), epochs=150)
+    groups = np.repeat(np.arange(len(xs)), [len(x) for x in xs]) if listwise else None
+    model = TemplateRanker.fit(np.concatenate(xs), np.concatenate(ys), groups=groups, epochs=150)
     tx, ty = _groups(np.random.default_rng(1))
     learned = top1_rate([model.score(x) for x in tx], ty)
     first = top1_rate([-np.arange(len(x), dtype=float) for x in tx], ty)

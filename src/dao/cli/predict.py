@@ -90,6 +90,7 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
         lat = rec["lattice"]
         head = f"  {rec['cif']}: " if "rank" not in rec else (
             f"  #{rec['rank']} {rec['cif']} [{rec['source']}"
+            + (f" {rec['source_info']['template_id']}, known" if rec["source_info"].get("known") else "")
             + ("" if rec["energy_per_atom"] is None else f", {rec['energy_per_atom']:.3f} eV/atom")
             + ("" if rec.get("xrd_score") is None else f", XRD score {rec['xrd_score']:.3f}") + "]: ")
         click.echo(f"{head}{rec['space_group']['symbol']} (#{rec['space_group']['number']}), "

@@ -110,9 +110,13 @@ class TemplateRanker:
         return h @ self.w2 + self.b2
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, hidden: int = 16, epochs: int = 200, weight_decay: float = 1e-2,
-            seed: int = 0, meta: str = "{}") -> TemplateRanker:
-        """Train on features ``x`` and 0/1 labels ``y`` (full-batch Adam, binary cross-entropy)."""
+    def fit(cls, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, hidden: int = 16,
+            epochs: int = 300, weight_decay: float = 1e-2, seed: int = 0, meta: str = "{}") -> TemplateRanker:
+        """Train on features ``x`` and 0/1 labels ``y`` (full-batch Adam). With ``groups`` (one id per row:
+        the composition its candidates were proposed for) the loss is listwise: the softmax cross-entropy of
+        the right candidates within each group that has one, plus 0.3 × the per-candidate binary
+        cross-entropy (which alone is the loss without ``groups``). The listwise term trains the decision
+        the ranker makes: which candidate of one composition goes first."""
         import torch
 
         g = torch.Generator().manual_seed(seed)
@@ -126,11 +130,26 @@ class TemplateRanker:
         params = [w1.requires_grad_(), torch.zeros(hidden, dtype=torch.float64, requires_grad=True),
                   (torch.randn(hidden, generator=g, dtype=torch.float64) / math.sqrt(hidden)).requires_grad_(),
                   torch.zeros((), dtype=torch.float64, requires_grad=True)]
+        listwise = None
+        if groups is not None:
+            inv = torch.as_tensor(np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1))
+            n_groups = int(inv.max()) + 1 if len(inv) else 0
+            has_pos = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, yt) > 0
+            listwise = (inv, n_groups, has_pos)
         opt = torch.optim.Adam(params, lr=0.02, weight_decay=weight_decay)
         for _ in range(epochs):
             opt.zero_grad()
             logit = torch.tanh(xs @ params[0] + params[1]) @ params[2] + params[3]
-            torch.nn.functional.binary_cross_entropy_with_logits(logit, yt).backward()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, yt)
+            if listwise is not None and bool(listwise[2].any()):
+                inv, n_groups, has_pos = listwise
+                top = torch.full((n_groups,), -math.inf, dtype=torch.float64).scatter_reduce(
+                    0, inv, logit.detach(), "amax")
+                ex = torch.exp(logit - top[inv])
+                den = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, ex)
+                num = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, ex * yt)
+                loss = 0.3 * loss - (torch.log(num[has_pos]) - torch.log(den[has_pos])).mean()
+            loss.backward()
             opt.step()
         n = [p.detach().numpy() for p in params]
         return cls(mean.numpy(), scale.numpy(), n[0], n[1], n[2], float(n[3]), meta)
