@@ -2,17 +2,19 @@
 MR@1 (dao.evaluate) and seconds per composition of
 
 * ``templates_naive``: the naive lookup (electronegativity-order substitution, similarity order);
-* ``templates``: the template index in its learned order (``dao predict``'s template source);
-* ``generated_<N>_<judge>``: N flow samples of the cell alone, ranked by the judge;
-* ``both_<N>_<judge>``: templates then N generated samples, ranked as ``dao predict`` ranks them;
+* ``templates``: the template index in its learned order (``dao predict``'s template source, judge none);
+* ``templates_chgnet``: the same candidates in the CHGNet-aware learned order (single-point energies);
+* ``generated_<N>_none``: the first of N flow samples of the cell (today's ``--no-rank`` answer);
+* ``generated_<N>_<judge>_r<s>``: the N samples ranked by the judge's energy (``r0`` single point, ``r5``
+  after ``--relax-steps`` FIRE steps);
+* ``both_<N>_<judge>``: what ``dao predict --judge <judge>`` answers: the first template in the learned order
+  (CHGNet-aware with chgnet; relaxed by the judge when judged), else the best generated sample by the judge;
+* ``energy_<N>_<judge>_r<s>``: templates and samples together ranked by the judge's energy alone (the
+  ordering ``dao predict`` used before; for the ablation).
 
-with judge ``none`` (source order: templates in the learned order, then samples in sample order),
-``dao``/``chgnet`` single point (``_r0``) or after ``--relax-steps`` FIRE steps (``_r5``). Every candidate is
-screened for validity as :func:`dao.ranking.rank_candidates` does and judged once; each configuration's answer is
-the lowest judged energy among its valid candidates (the relaxed structure when relaxed). The N-candidate sets
-are the first N of one ``--candidates`` max draw; their generation time is the draw's time × N / max.
-
-The template index is the bundled one (or ``--index``) minus every structure of the split (ids and
+Every candidate is screened for validity as :func:`dao.ranking.rank_candidates` does and judged once. The
+N-candidate sets are the first N of one max(``--candidates``) draw; their generation time is the draw's time
+× N / max. The template index is the bundled one (or ``--index``) minus every structure of the split (ids and
 StructureMatcher), proposing in ``novel`` mode as ``dao benchmark --ranked`` does.
 
     DAO_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/bench_ranked.py --split mp20 --rows 40 \
@@ -36,7 +38,7 @@ from dao.formula import CellComposition
 from dao.models.checkpoint import load_generator
 from dao.prediction import generated_candidates, sample_formula
 from dao.ranked_benchmark import guarded_index
-from dao.ranking import judge_structures, validity_flags
+from dao.ranking import judge_structures, template_candidates, validity_flags
 
 SPLITS = {"mp20": "csp/mp_20/val.csv.gz", "perov": "csp/perov_5/val.csv.gz", "mpts": "csp/mpts_52/val.csv.gz"}
 
@@ -77,12 +79,22 @@ def _answer(members: list[int], judged: dict, judge: str, steps: int) -> tuple:
 def _row(model, index, naive, ref, seed: int, a: argparse.Namespace) -> dict:
     cell = CellComposition.of_structure(ref)
     ntop = max(a.candidates)
+    answers: dict = {}
+    secs: dict = {}
     t0 = time.perf_counter()
     tpl = index.propose(cell, limit=a.template_limit, novel=True)
-    t_tpl = time.perf_counter() - t0
+    secs["templates"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     naive_top = naive.propose(cell, limit=1, novel=True)
-    t_naive = time.perf_counter() - t0
+    secs["templates_naive"] = time.perf_counter() - t0
+    answers["templates_naive"] = naive_top[0].structure if naive_top else None
+    aware = None
+    if "chgnet" in a.judges and "chgnet" in index.energy_rankers:
+        t0 = time.perf_counter()
+        aware = template_candidates([cell], index, 1, novel=True, judge="chgnet")[0]
+        aware = [c for c in aware if validity_flags(c.structure)["valid"]]
+        secs["templates_chgnet"] = time.perf_counter() - t0
+        answers["templates_chgnet"] = aware[0].structure if aware else None
     t0 = time.perf_counter()
     run = sample_formula(cell.formula, ntop, atoms=cell.num_atoms, seed=seed, steps=a.steps, model=model,
                          device="cpu")
@@ -91,23 +103,41 @@ def _row(model, index, naive, ref, seed: int, a: argparse.Namespace) -> dict:
     cands = tpl + gen
     judged, jsecs = _judged(cands, [j for j in a.judges if j != "none"], a.relax_steps)
     nt = len(tpl)
-    gen_idx = [nt + k for k in range(len(gen))]
-    answers = {"templates_naive": naive_top[0].structure if naive_top else None}
     r = _answer(list(range(nt)), judged, "none", 0)
     answers["templates"] = cands[r[0]].structure if r else None
-    secs = {"templates_naive": t_naive, "templates": t_tpl}
     for n in a.candidates:
-        members = {"generated": [i for i in gen_idx if cands[i].info["sample"] < n]}
-        members["both"] = list(range(nt)) + members["generated"]
-        share = n / ntop
-        for src, mem in members.items():
-            for judge in a.judges:
-                for s in ((0,) if judge == "none" else sorted({0, a.relax_steps})):
-                    key = f"{src}_{n}_{judge}" + ("" if judge == "none" else f"_r{s}")
+        gen_n = [nt + k for k in range(len(gen)) if cands[nt + k].info["sample"] < n]
+        t_n = t_gen * n / ntop
+        share = len(gen_n) / max(len(cands), 1)
+        r = _answer(gen_n, judged, "none", 0)
+        answers[f"generated_{n}_none"], secs[f"generated_{n}_none"] = (cands[r[0]].structure if r else None), t_n
+        r = _answer(list(range(nt)) + gen_n, judged, "none", 0)
+        answers[f"both_{n}_none"] = cands[r[0]].structure if r else None
+        secs[f"both_{n}_none"] = t_n + secs["templates"]
+        for judge in (j for j in a.judges if j != "none"):
+            for s in sorted({0, a.relax_steps}):
+                for src, mem, extra in (("generated", gen_n, 0.0), ("energy", list(range(nt)) + gen_n,
+                                                                   secs["templates"])):
+                    key = f"{src}_{n}_{judge}_r{s}"
                     r = _answer(mem, judged, judge, s)
-                    answers[key] = None if r is None else (r[1] if r[1] is not None else cands[r[0]].structure)
-                    js = 0.0 if judge == "none" else jsecs[(judge, s)] * len(mem) / max(len(cands), 1)
-                    secs[key] = t_gen * share + (t_tpl if src == "both" else 0.0) + js
+                    answers[key] = None if r is None else r[1]
+                    secs[key] = t_n + extra + jsecs[(judge, s)] * len(mem) / max(len(cands), 1)
+            # dao predict --judge: the first template in the learned order, relaxed by the judge; else samples
+            key = f"both_{n}_{judge}"
+            js = jsecs[(judge, a.relax_steps)]
+            if judge == "chgnet" and aware is not None:
+                if aware:
+                    t0 = time.perf_counter()
+                    answers[key] = judge_structures([aware[0].structure], judge, steps=a.relax_steps)[0][0]
+                    secs[key] = secs["templates_chgnet"] + t_n + time.perf_counter() - t0 + js * share
+                    continue
+            elif nt and (r := _answer(list(range(nt)), judged, "none", 0)) is not None:
+                answers[key] = judged[(judge, a.relax_steps)][r[0]][0]
+                secs[key] = secs["templates"] + t_n + js
+                continue
+            r = _answer(gen_n, judged, judge, a.relax_steps)
+            answers[key] = None if r is None else r[1]
+            secs[key] = secs["templates"] + t_n + js * share
     return {"answers": answers, "seconds": secs, "templates": nt}
 
 

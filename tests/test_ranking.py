@@ -65,6 +65,42 @@ def test_judge_orders_by_relaxed_energy(structures):
     energies = [j.energy_per_atom for j in ranking.ranked]
     assert energies == sorted(energies)
     assert all(j.record["steps"] <= 5 and j.record["status"] in ("converged", "not_converged") for j in ranking.ranked)
+    # templates keep their learned order ahead of judged samples, whatever their energy
+    wurtzite = structures["ZnO"].copy()
+    wurtzite.replace_species({"Zn": "Na", "O": "Cl"})
+    wurtzite.scale_lattice(rocksalt.volume * 2 * 1.3)  # a poor substitution: high energy, still a template
+    template = _candidate(wurtzite, "template", prior=0.1)
+    ranking = rank_candidates([_candidate(cscl_type, sample=0), _candidate(rocksalt, sample=1), template],
+                              judge="dao", steps=5, seconds=30.0)
+    assert [j.candidate.source for j in ranking.ranked] == ["template", "generated", "generated"]
+    assert ranking.ranked[1].energy_per_atom <= ranking.ranked[2].energy_per_atom
+
+
+def test_judge_aware_template_ranker_sees_the_judges_energies(tmp_path):
+    """A ranker whose only weight is on the energy feature puts the lower-energy substitution first."""
+    import numpy as np
+
+    from dao.templates import TemplateIndex
+    from dao.templates.ranker import ENERGY_FEATURE, FEATURES, TemplateRanker
+    from tests.conftest import small_structures, write_csv
+
+    index = TemplateIndex.build([write_csv(tmp_path / "t.csv", small_structures())])
+    width = len(FEATURES) + 1
+    w1 = np.zeros((width, 1))
+    w1[-1, 0] = -1.0  # higher energy above the lowest -> lower score
+    ranker = TemplateRanker(np.zeros(width), np.ones(width), w1, np.zeros(1), np.ones(1), 0.0, energy=True)
+    assert ranker.feature_names[-1] == ENERGY_FEATURE
+    ranked = index.with_ranker(None, {"fake": ranker})
+    cell = parse_formula("KBr")
+    plain = ranked.propose(cell, limit=4)
+    for wanted in (0, 1):  # whichever substitution the judge calls lowest goes first
+        def energy(structures, wanted=wanted):
+            return [0.0 if k == wanted else 0.5 for k in range(len(structures))]
+        got = ranked.propose(cell, limit=4, judge="fake", energy=energy)
+        assert got[0].info["judge_energy"] == 0.0
+        assert sorted(c.info["template_formula"] for c in got) == sorted(c.info["template_formula"] for c in plain)
+    ranker.save(tmp_path / "r.npz")
+    assert TemplateRanker.load(tmp_path / "r.npz").energy
 
 
 def _rank(tiny_generator, formula, index=None, seed=0, **kw):

@@ -45,9 +45,10 @@ def _targets(index: TemplateIndex, banned: set[str], n: int, seed: int) -> list[
     return sorted(rng.choice(len(index), size=min(n, int((w > 0).sum())), replace=False, p=w / w.sum()).tolist())
 
 
-def _energies(structures: list, judges: dict, steps: int) -> dict[str, np.ndarray]:
+def _energies(structures: list, judges: dict, steps: int, top: int | None = None) -> dict[str, np.ndarray]:
     """Per-atom energy of each candidate under each judge: single point (``e_<judge>``) and, with ``steps``,
-    after that many FIRE steps (``r_<judge>``); NaN where the judge fails."""
+    after that many FIRE steps (``r_<judge>``; only the first ``top`` candidates when given); NaN where the
+    judge fails or did not relax."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from dao.relaxation import relax_batch
@@ -59,15 +60,16 @@ def _energies(structures: list, judges: dict, steps: int) -> dict[str, np.ndarra
         out[f"e_{name}"] = np.array([r.energy / len(a) if not isinstance(r, Exception) else np.nan
                                      for r, a in zip(res, atoms)])
         if steps:
-            rel = relax_batch(atoms, potential, steps=steps, fmax=0.05, timeout=20.0) if atoms else []
-            out[f"r_{name}"] = np.array([r.record.get("energy_final") if r.record["status"] != "error"
-                                         and r.record.get("energy_final") is not None else np.nan for r in rel],
-                                        dtype=float)
+            some = atoms[:top] if top is not None else atoms
+            rel = relax_batch(some, potential, steps=steps, fmax=0.05, timeout=60.0) if some else []
+            relaxed = [r.record.get("energy_final") if r.record["status"] != "error"
+                       and r.record.get("energy_final") is not None else np.nan for r in rel]
+            out[f"r_{name}"] = np.array(relaxed + [np.nan] * (len(atoms) - len(relaxed)), dtype=float)
     return out
 
 
 def _label(index: TemplateIndex, target: int, by_formula: dict[str, list[int]], judges: dict | None = None,
-           steps: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+           steps: int = 0, top: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     truth = index.structure(target)
@@ -79,7 +81,7 @@ def _label(index: TemplateIndex, target: int, by_formula: dict[str, list[int]], 
     ref = canonicalize(truth)
     y = [float(rms(canonicalize(c.structure), ref)[0] is not None) for c, _ in scanned]
     x = [features(f) for _, f in scanned]
-    extra = _energies([c.structure for c, _ in scanned], judges or {}, steps)
+    extra = _energies([c.structure for c, _ in scanned], judges or {}, steps, top)
     return np.array(x).reshape(-1, len(FEATURES)), np.array(y), extra
 
 
@@ -90,7 +92,7 @@ def _pack(xs: list, ys: list, groups: list, extras: list) -> dict[str, np.ndarra
 
 
 def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str | None = None,
-            judges: dict | None = None, steps: int = 0) -> dict[str, np.ndarray]:
+            judges: dict | None = None, steps: int = 0, top: int | None = None) -> dict[str, np.ndarray]:
     by_formula: dict[str, list[int]] = {}
     for i in range(len(index)):
         by_formula.setdefault(reduced_formula_of(index._numbers(i).tolist()), []).append(i)
@@ -98,7 +100,7 @@ def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str 
     for g, t in enumerate(targets):
         if time.time() - t0 > budget:
             break
-        x, y, extra = _label(index, t, by_formula, judges, steps)
+        x, y, extra = _label(index, t, by_formula, judges, steps, top)
         xs.append(x), ys.append(y), groups.append(np.full(len(y), g)), extras.append(extra)
         if g % 50 == 0:
             print(json.dumps({"targets_done": g, "seconds": round(time.time() - t0)}), file=sys.stderr, flush=True)
@@ -131,6 +133,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--energies", default="", help="judges whose candidate energies are recorded (chgnet,dao)")
     p.add_argument("--relax-steps", type=int, default=0, help="also record energies after this many FIRE steps")
+    p.add_argument("--relax-top", type=int, default=None, help="relax only the first this many candidates")
     a = p.parse_args()
     import torch
 
@@ -148,7 +151,7 @@ def main() -> None:
 
         judges = {name: load_potential(name) for name in a.energies.split(",") if name}
         data = collect(index, _targets(index, banned, a.targets, a.seed), a.budget, a.features, judges,
-                       a.relax_steps)
+                       a.relax_steps, a.relax_top)
         if a.features:
             np.savez_compressed(a.features, **data)
     result = {"candidates": int(len(data["y"])), "targets": int(len(np.unique(data["group"]))),

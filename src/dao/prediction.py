@@ -204,8 +204,9 @@ def rank_formula(formula: str, atoms: int | None = None, max_atoms: int | None =
                          energy_model, guidance_scale, method, compile, all_cells=True, total=opts.candidates,
                          step_lr=step_lr)
     t0 = time.time()
-    templates, note = template_candidates(run.cells, opts.templates, opts.template_limit, opts.novel)
     judge_model = str(energy_model) if isinstance(energy_model, (str, Path)) else "default"
+    templates, note = template_candidates(run.cells, opts.templates, opts.template_limit, opts.novel, opts.judge,
+                                          str(run.device), judge_model)
     ranking = rank_candidates(templates + generated_candidates(run), opts.judge, str(run.device),
                               opts.relax_steps, opts.relax_seconds, judge_model, [note] if note else [])
     run.seconds += time.time() - t0

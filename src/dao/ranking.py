@@ -5,9 +5,11 @@ prediction').
 index through :func:`template_candidates`, generated samples wrapped by :mod:`dao.prediction`), drops the
 physically invalid ones (:func:`validity_flags`), merges StructureMatcher duplicates
 (:class:`~dao.data.dedupe.StructureDeduplicator`; the first candidate in source order is kept) and orders
-the rest: by the judge's energy per atom after a short relaxation (``judge="chgnet"`` or ``"dao"``), or by
-source order (``judge="none"``: templates by prior, then generated samples in sample order, then random
-ones). Everything is deterministic for a given candidate list unless the relaxation time cap is hit.
+the rest: templates first, by prior (the learned template ranker's probability; with a judge that has a
+judge-aware ranker, computed from the judge's single-point energies too: :func:`template_candidates`), then
+the other candidates by the judge's energy per atom after a short relaxation (``judge="chgnet"`` or
+``"dao"``) or in source order (``judge="none"``: generated samples in sample order, then random ones).
+Everything is deterministic for a given candidate list unless the relaxation time cap is hit.
 """
 from __future__ import annotations
 
@@ -111,12 +113,14 @@ def validity_flags(structure: Structure) -> dict[str, Any]:
     return {"min_distance": round(dmin, 4), "volume_per_atom": round(vol, 4), "valid": bool(ok)}
 
 
-def template_candidates(cells: Sequence[CellComposition], templates: Any, limit: int = 8, novel: bool = False
+def template_candidates(cells: Sequence[CellComposition], templates: Any, limit: int = 8, novel: bool = False,
+                        judge: str = "none", device: str = "cpu", energy_model: str = "default"
                         ) -> tuple[list[Candidate], str | None]:
     """Template proposals for every cell: ``templates`` is a loaded :class:`~dao.templates.TemplateIndex`,
     a path, ``"default"`` or None (no templates). Returns (candidates, a note when the source was skipped
     because the bundled default index is not installed); a path that cannot be loaded is a DAOError.
-    ``novel``: see :meth:`dao.templates.TemplateIndex.propose`."""
+    ``novel``: see :meth:`dao.templates.TemplateIndex.propose`; with a ``judge`` other than "none" the
+    index's judge-aware ranker for it (if any) scores the judge's single-point energies too."""
     if templates is None or str(templates) == "none":
         return [], None
     if isinstance(templates, TemplateIndex):
@@ -128,9 +132,14 @@ def template_candidates(cells: Sequence[CellComposition], templates: Any, limit:
             if str(templates) == "default":
                 return [], f"templates skipped: {exc}"
             raise DAOError(f"cannot load template index {templates}: {exc}") from None
+    judge = default_judge() if judge == "auto" else judge
+    energy = None
+    if judge in index.energy_rankers:
+        def energy(structures: list[Structure]) -> list[float | None]:
+            return single_point_energies(structures, judge, device, energy_model)
     out: list[Candidate] = []
     for cell in cells:
-        out.extend(index.propose(cell, limit=limit, novel=novel))
+        out.extend(index.propose(cell, limit=limit, novel=novel, judge=judge, energy=energy))
     return out, None
 
 
@@ -173,6 +182,15 @@ def _potential(judge: str, model: str, device: str) -> Any:
     return load_potential(judge, model=model, device=device)
 
 
+def single_point_energies(structures: Sequence[Structure], judge: str, device: str = "cpu",
+                          energy_model: str = "default") -> list[float | None]:
+    """The judge's energy per atom of each structure as given (None where it fails)."""
+    potential = _potential(judge, energy_model if judge == "dao" else "default", device)
+    if hasattr(potential, "energies"):
+        return potential.energies(structures)
+    return [e for _, e, _ in judge_structures(structures, judge, device, steps=0, energy_model=energy_model)]
+
+
 def judge_structures(structures: Sequence[Structure], judge: str, device: str = "cpu",
                      steps: int = RELAX_STEPS, seconds: float = RELAX_SECONDS, energy_model: str = "default"
                      ) -> list[tuple[Structure, float | None, dict[str, Any]]]:
@@ -203,8 +221,8 @@ def rank_candidates(cands: Sequence[Candidate], judge: str = "none", device: str
                     steps: int = RELAX_STEPS, seconds: float = RELAX_SECONDS, energy_model: str = "default",
                     notes: Sequence[str] = ()) -> Ranking:
     """Screen, merge and order ``cands`` (see the module docstring); ``judge`` is "chgnet", "dao", "none"
-    or "auto" (:func:`default_judge`). Candidates the judge fails on (or whose relaxed cell turns invalid)
-    come after all judged ones, in source order."""
+    or "auto" (:func:`default_judge`). Among the non-template candidates, those the judge fails on (or whose
+    relaxed cell turns invalid) come after all judged ones, in source order."""
     judge = default_judge() if judge == "auto" else judge
     if judge not in JUDGES:
         raise DAOError(f"unknown judge {judge!r}: use one of {', '.join(JUDGES)} or auto")
@@ -221,8 +239,14 @@ def rank_candidates(cands: Sequence[Candidate], judge: str = "none", device: str
             if energy is not None and flags["valid"]:
                 item.structure, item.energy_per_atom, item.flags = relaxed, energy, flags
                 counts["judged"] += 1
-        order = sorted(range(len(items)), key=lambda i: (items[i].energy_per_atom is None,
-                                                         items[i].energy_per_atom or 0.0, i))
+        # templates keep their (learned, judge-aware) order: sorting them by relaxed energy measured worse
+        def key(i: int) -> tuple:
+            if items[i].candidate.source == "template":
+                return (0, i)
+            e = items[i].energy_per_atom
+            return (1, e is None, e or 0.0, i)
+
+        order = sorted(range(len(items)), key=key)
         items = [items[i] for i in order]
     for k, item in enumerate(items, 1):
         item.rank = k

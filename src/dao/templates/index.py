@@ -28,11 +28,15 @@ from dao.formula import CellComposition, reduced_formula_of
 from dao.templates.assign import assignments, distance
 from dao.templates.build import build_arrays, exclusion_guard, is_excluded
 from dao.templates.elements import atomic_volume, distance_matrix
-from dao.templates.ranker import RERANKED, Scanned, TemplateRanker, default_ranker_path, features
+from dao.templates.ranker import (DEFAULT_ENERGY_RANKERS, RERANKED, Scanned, TemplateRanker, default_ranker_path,
+                                  features, relative_energies)
 from dao.templates.store import TemplateArrays, load_arrays, save_arrays
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
+
+#: a judge's energy per atom for each structure (None where it fails), for judge-aware template ranking
+EnergyFn = Callable[[list["Structure"]], list]
 
 DEFAULT_INDEX = "templates_default.npz"
 DEFAULT_SIMILARITY = "en_radius"  # measured best of en_radius / mendeleev (docs/templates.md)
@@ -47,12 +51,14 @@ def _prototype(counts: Iterable[int]) -> tuple[int, ...]:
 class TemplateIndex:
     """Corpus structures by prototype (see the module docstring). ``similarity`` names the element distance
     used to assign species and rank templates; ``volume`` is ``"ratio"`` (template volume × Σr³ ratio) or
-    ``"template"`` (unscaled); ``en_order`` switches to the naive electronegativity-order assignment."""
+    ``"template"`` (unscaled); ``en_order`` switches to the naive electronegativity-order assignment;
+    ``ranker`` is the learned order and ``energy_rankers`` (judge name → ranker) the judge-aware ones."""
 
     def __init__(self, arrays: TemplateArrays, similarity: str = DEFAULT_SIMILARITY, volume: str = "ratio",
-                 en_order: bool = False, vote: bool = False, ranker: TemplateRanker | None = None) -> None:
+                 en_order: bool = False, vote: bool = False, ranker: TemplateRanker | None = None,
+                 energy_rankers: dict[str, TemplateRanker] | None = None) -> None:
         self.arrays, self.similarity, self.volume, self.en_order = arrays, similarity, volume, en_order
-        self.vote, self.ranker = vote, ranker
+        self.vote, self.ranker, self.energy_rankers = vote, ranker, dict(energy_rankers or {})
         self._by_proto: dict[tuple[int, ...], list[int]] = defaultdict(list)
         self._comps: list[list[tuple[int, int]]] = []
         for i in range(len(arrays)):
@@ -70,13 +76,17 @@ class TemplateIndex:
     @classmethod
     def load(cls, path: str | Path = "default", ranker: str | Path | None = "default") -> TemplateIndex:
         """Load an index file; ``"default"`` is the one bundled with DAO. ``ranker`` orders its candidates:
-        a ranker file, ``"default"`` (the bundled learned ranker, when the package has one) or None
-        (similarity order)."""
+        a ranker file, ``"default"`` (the bundled learned ranker and judge-aware rankers, those the package
+        has) or None (similarity order)."""
         if str(path) == "default":
             path = Path(str(resources.files("dao.resources").joinpath(DEFAULT_INDEX)))
+        energy_rankers = {}
         if ranker is not None and str(ranker) == "default":
             ranker = default_ranker_path() if default_ranker_path().is_file() else None
-        return cls(load_arrays(path), ranker=TemplateRanker.load(ranker) if ranker is not None else None)
+            energy_rankers = {judge: TemplateRanker.load(default_ranker_path(judge))
+                              for judge in DEFAULT_ENERGY_RANKERS if default_ranker_path(judge).is_file()}
+        return cls(load_arrays(path), ranker=TemplateRanker.load(ranker) if ranker is not None else None,
+                   energy_rankers=energy_rankers)
 
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` (atomically)."""
@@ -95,11 +105,14 @@ class TemplateIndex:
         """The same entries with other proposal options."""
         return TemplateIndex(self.arrays, similarity or self.similarity, volume or self.volume,
                              self.en_order if en_order is None else en_order, self.vote if vote is None else vote,
-                             self.ranker)
+                             self.ranker, self.energy_rankers)
 
-    def with_ranker(self, ranker: TemplateRanker | None) -> TemplateIndex:
-        """The same entries and options, candidates ordered by ``ranker`` (None: by similarity)."""
-        return TemplateIndex(self.arrays, self.similarity, self.volume, self.en_order, self.vote, ranker)
+    def with_ranker(self, ranker: TemplateRanker | None, energy_rankers: dict[str, TemplateRanker] | None = None
+                    ) -> TemplateIndex:
+        """The same entries and options, candidates ordered by ``ranker`` (None: by similarity) and, when a
+        judge's energies are given to :meth:`propose`, by ``energy_rankers`` (judge name → ranker)."""
+        return TemplateIndex(self.arrays, self.similarity, self.volume, self.en_order, self.vote, ranker,
+                             energy_rankers)
 
     def without(self, ids: Iterable[str] = (), structures: Sequence[Structure] = ()) -> TemplateIndex:
         """The index minus entries whose id is in ``ids`` or whose structure matches one of ``structures``
@@ -108,7 +121,7 @@ class TemplateIndex:
         keep = [i for i in range(len(self)) if not is_excluded(
             str(self.arrays.ids[i]), self._numbers(i), lambda i=i: self.structure(i), id_set, guard)]
         return TemplateIndex(self.arrays.take(np.array(keep, dtype=np.int64)), self.similarity, self.volume,
-                             self.en_order, self.vote, self.ranker)
+                             self.en_order, self.vote, self.ranker, self.energy_rankers)
 
     def _numbers(self, i: int) -> np.ndarray:
         return self.arrays.numbers[self.arrays.offsets[i]:self.arrays.offsets[i + 1]].astype(np.int64)
@@ -204,12 +217,15 @@ class TemplateIndex:
             s.make_supercell([m, 1, 1])
         return s
 
-    def propose(self, cell: CellComposition, limit: int = 8, novel: bool = False) -> list[Candidate]:
+    def propose(self, cell: CellComposition, limit: int = 8, novel: bool = False, judge: str | None = None,
+                energy: EnergyFn | None = None) -> list[Candidate]:
         """Up to ``limit`` template candidates for ``cell``, best first; [] when no template fits. Known
         structures of the composition come first (``info["known"]``, prior 1); ``novel`` leaves them out
         (see :meth:`scan`; the setting of a benchmark whose answers were removed from the index). The
         substitutions follow in the learned ranker's order when the index has one (``ranker``), else by
-        summed similarity of the templates giving each structure (``vote``), else by the best similarity."""
+        summed similarity of the templates giving each structure (``vote``), else by the best similarity.
+        With a ``judge`` that has a judge-aware ranker (``energy_rankers``) and its ``energy`` function, the
+        ranked candidates' single-point energies are computed and scored too (``info["judge_energy"]``)."""
         depth = max(limit * _SCAN, _MIN_SCAN)
         if self.ranker is None and not self.vote:  # plain order: stop scanning once enough are kept
             scanned = self.scan(cell, depth, stop_at=limit, novel=novel)
@@ -219,16 +235,27 @@ class TemplateIndex:
         rest = [(c, f) for c, f in scanned if not _is_known(f.mapping)]
         for c in known:
             c.prior = 1.0
-        if self.ranker is not None and rest:
+        ranker = self.energy_rankers.get(judge) if judge is not None and energy is not None else None
+        if ranker is not None and rest:
             rest = rest[:RERANKED]
-            scores = self.ranker.score(np.stack([features(f) for _, f in rest]))
-            for (c, _), sc in zip(rest, scores):
-                c.prior = float(1.0 / (1.0 + math.exp(-sc)))
+            energies = energy([c.structure for c, _ in rest])
+            x = np.column_stack([np.stack([features(f) for _, f in rest]), relative_energies(energies)])
+            for (c, _), e in zip(rest, energies):
+                c.info["judge_energy"] = None if e is None else float(e)
+            self._set_priors(rest, ranker.score(x))
+        elif self.ranker is not None and rest:
+            rest = rest[:RERANKED]
+            self._set_priors(rest, self.ranker.score(np.stack([features(f) for _, f in rest])))
         elif self.vote:
             for c, f in rest:
                 c.prior = f.vote_similarity
         order = sorted(range(len(rest)), key=lambda j: (-rest[j][0].prior, j))
         return (known + [rest[j][0] for j in order])[:limit]
+
+    @staticmethod
+    def _set_priors(rest: list[tuple[Candidate, Scanned]], logits: np.ndarray) -> None:
+        for (c, _), z in zip(rest, logits):
+            c.prior = float(1.0 / (1.0 + math.exp(-float(np.clip(z, -50, 50)))))
 
 
 def _is_known(mapping: dict[int, int]) -> bool:

@@ -30,20 +30,37 @@ SIMILARITIES = ("en_radius", "en", "mendeleev", "embedding", "substitution")
 SOURCE_FAMILIES = ("mp_20", "mpts_52", "perov", "carbon", "wbm", "3dsc")
 CRYSTAL_SYSTEMS = ((1, 2), (3, 15), (16, 74), (75, 142), (143, 167), (168, 194), (195, 230))
 FEATURES = (tuple(f"d_{s}" for s in SIMILARITIES)
-            + ("log_rank", "best_of_template", "exact_chemistry", "log_votes", "vote_similarity",
+            + ("log_rank", "best_of_template", "log_votes", "vote_similarity",
                "log_prototype_count", "log_volume_ratio", "supercell", "log_atoms", "n_elements", "no_spacegroup")
             + tuple(f"system_{i}" for i in range(len(CRYSTAL_SYSTEMS)))
             + tuple(f"source_{s}" for s in SOURCE_FAMILIES))
+#: the optional last feature of a judge-aware ranker: the candidate's energy per atom under the judge minus the
+#: lowest among the candidates scored for the same cell, clipped to [0, ENERGY_CLIP] eV/atom (a candidate the
+#: judge failed on gets ENERGY_CLIP)
+ENERGY_FEATURE, ENERGY_CLIP = "energy_above_lowest", 1.0
 RANKER_FORMAT = 1
 RERANKED = 16  # the ranker reorders the first RERANKED distinct candidates of the similarity order
 DEFAULT_RANKER = "template_ranker.npz"
+#: the bundled judge-aware rankers, by judge (scored with the judge's single-point energies)
+DEFAULT_ENERGY_RANKERS = {"chgnet": "template_ranker_chgnet.npz"}
 
 
-def default_ranker_path() -> Path:
-    """The ranker bundled with DAO (``src/dao/resources/template_ranker.npz``; card in docs/templates.md)."""
+def default_ranker_path(judge: str | None = None) -> Path:
+    """The ranker bundled with DAO (``src/dao/resources/template_ranker.npz``; card in docs/templates.md), or
+    with ``judge`` the bundled ranker that also scores that judge's energies (the path may not exist)."""
     from importlib import resources
 
-    return Path(str(resources.files("dao.resources").joinpath(DEFAULT_RANKER)))
+    name = DEFAULT_RANKER if judge is None else DEFAULT_ENERGY_RANKERS.get(judge, f"template_ranker_{judge}.npz")
+    return Path(str(resources.files("dao.resources").joinpath(name)))
+
+
+def relative_energies(energies: Sequence[float | None]) -> np.ndarray:
+    """The :data:`ENERGY_FEATURE` column for one cell's candidates (see there)."""
+    e = np.array([np.nan if v is None else float(v) for v in energies], dtype=np.float64)
+    finite = np.isfinite(e)
+    if not finite.any():
+        return np.full(len(e), ENERGY_CLIP)
+    return np.where(finite, np.clip(e - e[finite].min(), 0.0, ENERGY_CLIP), ENERGY_CLIP)
 
 
 class TemplateRankerError(DAOError):
@@ -83,10 +100,9 @@ def features(s: Scanned) -> np.ndarray:
     from dao.templates.elements import distance_matrix
 
     row = [distance(s.template, s.mapping, distance_matrix(name)) for name in SIMILARITIES]
-    row += [math.log1p(s.rank), float(s.best_of_template), float(all(a == b for a, b in s.mapping.items())),
-            math.log(max(s.votes, 1)), s.vote_similarity, math.log1p(s.prototype_count),
-            abs(math.log(max(s.volume_ratio, 1e-6))), float(s.supercell > 1), math.log(max(s.atoms, 1)),
-            float(s.elements), float(s.spacegroup <= 0)]
+    row += [math.log1p(s.rank), float(s.best_of_template), math.log(max(s.votes, 1)), s.vote_similarity,
+            math.log1p(s.prototype_count), abs(math.log(max(s.volume_ratio, 1e-6))), float(s.supercell > 1),
+            math.log(max(s.atoms, 1)), float(s.elements), float(s.spacegroup <= 0)]
     return np.asarray(row + _system(s.spacegroup) + _family(s.source), dtype=np.float64)
 
 
@@ -95,15 +111,20 @@ class TemplateRanker:
     layer → logit. ``fit`` trains one; ``load``/``save`` use a format-versioned ``.npz``."""
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray,
-                 b2: float, meta: str = "{}") -> None:
+                 b2: float, meta: str = "{}", energy: bool = False) -> None:
         self.mean, self.scale, self.w1, self.b1, self.w2, self.b2 = mean, scale, w1, b1, w2, float(b2)
-        self.meta = meta
-        if self.mean.shape != (len(FEATURES),) or self.w1.shape[0] != len(FEATURES):
-            raise TemplateRankerError(f"template ranker expects {len(FEATURES)} features, file has "
-                                      f"{self.mean.shape[0]}")
+        self.meta, self.energy = meta, energy
+        width = len(self.feature_names)
+        if self.mean.shape != (width,) or self.w1.shape[0] != width:
+            raise TemplateRankerError(f"template ranker expects {width} features, file has {self.mean.shape[0]}")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """:data:`FEATURES`, plus :data:`ENERGY_FEATURE` for a judge-aware ranker (``energy``)."""
+        return FEATURES + ((ENERGY_FEATURE,) if self.energy else ())
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Logits for a (n, len(FEATURES)) feature matrix."""
+        """Logits for a (n, len(feature_names)) feature matrix."""
         with np.errstate(invalid="ignore"):  # inf scale: a feature the ranker ignores (see fit)
             z = np.where(np.isinf(self.scale), 0.0, (np.asarray(x, np.float64) - self.mean) / self.scale)
         h = np.tanh(z @ self.w1 + self.b1)
@@ -112,7 +133,8 @@ class TemplateRanker:
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, hidden: int = 16,
             epochs: int = 300, weight_decay: float = 1e-2, seed: int = 0, meta: str = "{}") -> TemplateRanker:
-        """Train on features ``x`` and 0/1 labels ``y`` (full-batch Adam). With ``groups`` (one id per row:
+        """Train on features ``x`` (:data:`FEATURES`, optionally followed by :data:`ENERGY_FEATURE`: a
+        judge-aware ranker) and 0/1 labels ``y`` (full-batch Adam). With ``groups`` (one id per row:
         the composition its candidates were proposed for) the loss is listwise: the softmax cross-entropy of
         the right candidates within each group that has one, plus 0.3 × the per-candidate binary
         cross-entropy (which alone is the loss without ``groups``). The listwise term trains the decision
@@ -152,11 +174,12 @@ class TemplateRanker:
             loss.backward()
             opt.step()
         n = [p.detach().numpy() for p in params]
-        return cls(mean.numpy(), scale.numpy(), n[0], n[1], n[2], float(n[3]), meta)
+        return cls(mean.numpy(), scale.numpy(), n[0], n[1], n[2], float(n[3]), meta,
+                   energy=x.shape[1] == len(FEATURES) + 1)
 
     def save(self, path: str | Path) -> None:
         """Write the ranker (atomically)."""
-        arrays = {"format_version": np.array([RANKER_FORMAT]), "features": np.array(FEATURES), "mean": self.mean,
+        arrays = {"format_version": np.array([RANKER_FORMAT]), "features": np.array(self.feature_names), "mean": self.mean,
                   "scale": self.scale, "w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": np.array([self.b2]),
                   "meta": np.array(self.meta)}
         atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
@@ -168,9 +191,11 @@ class TemplateRanker:
 
         try:
             with np.load(Path(path), allow_pickle=False) as z:
-                if int(z["format_version"][0]) != RANKER_FORMAT or tuple(z["features"].tolist()) != FEATURES:
+                names = tuple(z["features"].tolist())
+                if int(z["format_version"][0]) != RANKER_FORMAT or names not in (FEATURES, FEATURES + (ENERGY_FEATURE,)):
                     raise TemplateRankerError(f"template ranker {path}: another format or feature set")
-                return cls(z["mean"], z["scale"], z["w1"], z["b1"], z["w2"], float(z["b2"][0]), str(z["meta"]))
+                return cls(z["mean"], z["scale"], z["w1"], z["b1"], z["w2"], float(z["b2"][0]), str(z["meta"]),
+                           energy=names[-1] == ENERGY_FEATURE)
         except TemplateRankerError:
             raise
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, IndexError) as exc:
