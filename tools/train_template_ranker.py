@@ -56,9 +56,12 @@ def _energies(structures: list, judges: dict, steps: int, top: int | None = None
     out: dict[str, np.ndarray] = {}
     atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
     for name, potential in judges.items():
-        res = potential.compute(list(enumerate(atoms))) if atoms else []
-        out[f"e_{name}"] = np.array([r.energy / len(a) if not isinstance(r, Exception) else np.nan
-                                     for r, a in zip(res, atoms)])
+        if hasattr(potential, "energies"):  # energies alone (CHGNet: no backward pass)
+            single = potential.energies(structures) if structures else []
+        else:
+            single = [r.energy / len(a) if not isinstance(r, Exception) else None
+                      for r, a in zip(potential.compute(list(enumerate(atoms))) if atoms else [], atoms)]
+        out[f"e_{name}"] = np.array([np.nan if v is None else v for v in single], dtype=float)
         if steps:
             some = atoms[:top] if top is not None else atoms
             rel = relax_batch(some, potential, steps=steps, fmax=0.05, timeout=60.0) if some else []
