@@ -51,6 +51,16 @@ def tiny_csv(tmp_path, structures):
 
 
 @pytest.fixture
+def tiny_index(tiny_csv, tmp_path):
+    """A template index file of the small structures."""
+    from dao.templates import TemplateIndex
+
+    path = tmp_path / "tiny_index.npz"
+    TemplateIndex.build([tiny_csv], max_atoms=52).save(path)
+    return path
+
+
+@pytest.fixture
 def tiny_generator():
     from dao.models.generator import DAOGenerator, GeneratorConfig
     from dao.nn.crysformer import CrysformerConfig

@@ -13,15 +13,6 @@ from dao.ranking import RankOptions, rank_candidates, validity_flags
 from .test_cli import run_dao
 
 
-@pytest.fixture
-def tiny_index(tiny_csv, tmp_path):
-    from dao.templates import TemplateIndex
-
-    path = tmp_path / "tiny_index.npz"
-    TemplateIndex.build([tiny_csv], max_atoms=52).save(path)
-    return path
-
-
 def _candidate(structure, source="generated", prior=0.0, **info) -> Candidate:
     return Candidate(CellComposition.of_structure(structure), structure, source, dict(info), prior)
 

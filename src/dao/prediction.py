@@ -207,8 +207,18 @@ def rank_formula(formula: str, atoms: int | None = None, max_atoms: int | None =
     judge_model = str(energy_model) if isinstance(energy_model, (str, Path)) else "default"
     templates, note = template_candidates(run.cells, opts.templates, opts.template_limit, opts.novel, opts.judge,
                                           str(run.device), judge_model)
-    ranking = rank_candidates(templates + generated_candidates(run), opts.judge, str(run.device),
-                              opts.relax_steps, opts.relax_seconds, judge_model, [note] if note else [])
+    notes = [note] if note else []
+    randoms = []
+    bare = [c for c in run.cells if not any(t.cell.num_atoms == c.num_atoms for t in templates)]
+    if opts.random and bare:
+        from dao.random_structures import random_candidates
+
+        try:
+            randoms = [r for k, c in enumerate(bare) for r in random_candidates(c, opts.random, seed + 7919 * k)]
+        except DAOError as exc:
+            notes.append(f"random candidates skipped: {exc}")
+    ranking = rank_candidates(templates + generated_candidates(run) + randoms, opts.judge, str(run.device),
+                              opts.relax_steps, opts.relax_seconds, judge_model, notes)
     run.seconds += time.time() - t0
     return run, ranking
 

@@ -46,8 +46,9 @@ RELAX_STEPS, RELAX_FMAX, RELAX_SECONDS = 5, 0.05, 10.0
 @dataclass
 class RankOptions:
     """How ``dao predict`` ranks: the judge, the template index (a path, "default" or None), how many
-    generated candidates to draw over all cells, template proposals per cell, the judge's relaxation, and
-    ``novel`` (propose no structure the index already holds for the composition)."""
+    generated candidates to draw over all cells, template proposals per cell, the judge's relaxation,
+    ``novel`` (propose no structure the index already holds for the composition) and ``random`` (that many
+    pyxtal candidates for each cell without a template: :mod:`dao.random_structures`)."""
 
     judge: str = "none"  # measured: no judge beats the learned template order (default_judge)
     templates: Any = "default"
@@ -56,6 +57,7 @@ class RankOptions:
     relax_steps: int = RELAX_STEPS
     relax_seconds: float = RELAX_SECONDS
     novel: bool = False  # leave out the structures the index holds for the composition itself
+    random: int = 0  # random symmetric candidates (pyxtal) for each cell that no template fits
 
 
 def default_judge() -> str:
@@ -135,8 +137,7 @@ def template_candidates(cells: Sequence[CellComposition], templates: Any, limit:
     judge = default_judge() if judge == "auto" else judge
     energy = None
     if judge in index.energy_rankers:
-        def energy(structures: list[Structure]) -> list[float | None]:
-            return single_point_energies(structures, judge, device, energy_model)
+        energy = functools.partial(single_point_energies, judge=judge, device=device, energy_model=energy_model)
     out: list[Candidate] = []
     for cell in cells:
         out.extend(index.propose(cell, limit=limit, novel=novel, judge=judge, energy=energy))

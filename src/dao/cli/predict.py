@@ -33,6 +33,9 @@ def default_out(formula: str) -> Path:
 @click.option("--novel", is_flag=True,
               help="Propose only new structures: none the template index already holds for this composition "
                    "(by default known structures come first).")
+@click.option("--random", "random_", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Random symmetric candidates (pyxtal; pip extra dao-csp[random]) for each cell that no template "
+                   "fits; they come last unless a judge ranks them.")
 @click.option("--relax-steps", type=click.IntRange(0), default=5, show_default=True,
               help="FIRE steps of the judge's relaxation of each candidate (ranked prediction).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -63,7 +66,8 @@ def default_out(formula: str) -> Path:
               help="Measured powder pattern (2θ/intensity .xy/.csv/.xye): rank the candidates by agreement with it "
                    "(docs/xrd.md); report.html then overlays each structure on it.")
 @click.option("--xrd-wavelength", default="CuKa", show_default=True, help="Wavelength of --xrd: Å or a line name.")
-def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, novel: bool, relax_steps: int,
+def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candidates: int, novel: bool, random_: int,
+            relax_steps: int,
             out: Path | None, overwrite: bool, atoms: int | None, max_atoms: int | None, seed: int,
             steps: int | None, step_lr: float | None, model: str, device: str, batch_size: int, progress: bool,
             energy_model: str | None, guidance_scale: float | None, method: str | None, compile_: bool,
@@ -78,7 +82,7 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
     if out is None:
         out = default_out(formula)
     options = RankOptions(judge=judge, templates=None if templates == "none" else templates, candidates=candidates,
-                          relax_steps=relax_steps, novel=novel)
+                          relax_steps=relax_steps, novel=novel, random=random_)
     with claim_output_dir(out, overwrite=overwrite):  # locked; a non-empty folder needs --overwrite
         summary = run_predict(formula, n, out, atoms, max_atoms, seed, steps, model, device, batch_size, progress,
                               energy_model=energy_model, guidance_scale=guidance_scale, method=method,
