@@ -25,6 +25,7 @@ import numpy as np
 from dao.data.readers import read_any
 from dao.evaluate.canon import canonicalize, rms
 from dao.formula import CellComposition, reduced_formula_of
+from dao.ranking import single_point_energies
 from dao.templates import TemplateIndex
 from dao.templates.ranker import FEATURES, RERANKED, TemplateRanker, features, top1_rate
 
@@ -56,11 +57,7 @@ def _energies(structures: list, judges: dict, steps: int, top: int | None = None
     out: dict[str, np.ndarray] = {}
     atoms = [AseAtomsAdaptor.get_atoms(s) for s in structures]
     for name, potential in judges.items():
-        if hasattr(potential, "energies"):  # energies alone (CHGNet: no backward pass)
-            single = potential.energies(structures) if structures else []
-        else:
-            single = [r.energy / len(a) if not isinstance(r, Exception) else None
-                      for r, a in zip(potential.compute(list(enumerate(atoms))) if atoms else [], atoms)]
+        single = single_point_energies(structures, name) if structures else []  # what dao predict computes
         out[f"e_{name}"] = np.array([np.nan if v is None else v for v in single], dtype=float)
         if steps:
             some = atoms[:top] if top is not None else atoms

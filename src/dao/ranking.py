@@ -185,11 +185,19 @@ def _potential(judge: str, model: str, device: str) -> Any:
 
 def single_point_energies(structures: Sequence[Structure], judge: str, device: str = "cpu",
                           energy_model: str = "default") -> list[float | None]:
-    """The judge's energy per atom of each structure as given (None where it fails)."""
+    """The judge's energy per atom of each structure as given; None where it fails or where the structure is
+    not valid (:func:`validity_flags`: a collapsed cell can make a potential's neighbour list explode)."""
+    valid = [i for i, s in enumerate(structures) if validity_flags(s)["valid"]]
     potential = _potential(judge, energy_model if judge == "dao" else "default", device)
+    some = [structures[i] for i in valid]
     if hasattr(potential, "energies"):
-        return potential.energies(structures)
-    return [e for _, e, _ in judge_structures(structures, judge, device, steps=0, energy_model=energy_model)]
+        got = potential.energies(some) if some else []
+    else:
+        got = [e for _, e, _ in judge_structures(some, judge, device, steps=0, energy_model=energy_model)]
+    out: list[float | None] = [None] * len(structures)
+    for i, e in zip(valid, got):
+        out[i] = e
+    return out
 
 
 def judge_structures(structures: Sequence[Structure], judge: str, device: str = "cpu",
