@@ -109,6 +109,37 @@ def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str 
     return _pack(xs, ys, groups, extras)
 
 
+def pool(paths: list[str], judge: str | None = None) -> dict[str, np.ndarray]:
+    """Labelled-feature caches pooled, groups renumbered. Caches written before the ``exact_chemistry``
+    feature was retired (one column more) lose that column and its rows (unsubstituted known structures,
+    never right in leave-one-out). With ``judge``, only caches with ``e_<judge>`` are used and the
+    :data:`~dao.templates.ranker.ENERGY_FEATURE` column is appended."""
+    from dao.templates.ranker import relative_energies
+
+    xs, ys, gs, offset = [], [], [], 0
+    for path in paths:
+        with np.load(path) as z:
+            x, y, g = z["x"], z["y"], z["group"]
+            e = z[f"e_{judge}"] if judge and f"e_{judge}" in z.files else None
+        if judge and e is None:
+            print(f"{path}: no e_{judge}, left out", file=sys.stderr)
+            continue
+        if x.shape[1] == len(FEATURES) + 1:  # the retired exact_chemistry column (index 7)
+            keep = x[:, 7] < 0.5
+            x, y, g = np.delete(x[keep], 7, axis=1), y[keep], g[keep]
+            e = None if e is None else e[keep]
+        if e is not None:
+            col = np.zeros(len(y))
+            for k in np.unique(g):
+                m = g == k
+                col[m] = relative_energies([v if np.isfinite(v) else None for v in e[m]])
+            x = np.column_stack([x, col])
+        g = np.unique(g, return_inverse=True)[1].reshape(-1) + offset
+        offset = int(g.max()) + 1 if len(g) else offset
+        xs.append(x), ys.append(y), gs.append(g)
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "group": np.concatenate(gs)}
+
+
 def split_eval(data: dict[str, np.ndarray], seed: int) -> dict[str, float]:
     groups = np.unique(data["group"])
     rng = np.random.default_rng(seed)
@@ -130,6 +161,10 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=3600, help="seconds for labelling at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", default=None, help="cache of labelled features (.npz)")
+    p.add_argument("--pool", nargs="+", default=None,
+                   help="fit on these labelled-feature caches pooled, instead of labelling")
+    p.add_argument("--with-energy", default=None, metavar="JUDGE",
+                   help="with --pool: fit a judge-aware ranker on the caches that recorded e_JUDGE")
     p.add_argument("--out", default=None)
     p.add_argument("--energies", default="", help="judges whose candidate energies are recorded (chgnet,dao)")
     p.add_argument("--relax-steps", type=int, default=0, help="also record energies after this many FIRE steps")
@@ -138,7 +173,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    if a.features and Path(a.features).exists():
+    if a.pool:
+        data = pool(a.pool, a.with_energy)
+    elif a.features and Path(a.features).exists():
         with np.load(a.features) as z:
             data = {k: z[k] for k in z.files}
     else:
