@@ -50,7 +50,7 @@ class RankOptions:
     ``novel`` (propose no structure the index already holds for the composition) and ``random`` (that many
     pyxtal candidates for each cell without a template: :mod:`dao.random_structures`)."""
 
-    judge: str = "none"  # measured: no judge beats the learned template order (default_judge)
+    judge: str = "none"  # base install; --judge chgnet measured better with the extra (default_judge)
     templates: Any = "default"
     candidates: int = 8
     template_limit: int = 3
@@ -61,10 +61,12 @@ class RankOptions:
 
 
 def default_judge() -> str:
-    """The judge ``judge="auto"`` means: CHGNet when installed, else "none" (source order). Not the default:
-    on 60 MP-20 val rows (bench/bench_ranked.py, learned template order) MR@1 was 46.7 % judged by CHGNet after
-    5 FIRE steps vs 50.0 % in source order, at +9.8 s per composition; earlier, 40 rows: 52.5 % both, DAO-P
-    10 %."""
+    """The judge ``judge="auto"`` means: CHGNet when installed, else "none" (source order). Not the default,
+    because CHGNet is an optional extra and costs seconds: with it the CHGNet-aware template ranker took MP-20
+    val MR@1 from 62.8 % to 64.8 % (500 rows, bench/bench_templates.py) at about 6 s to load CHGNet plus 4 s
+    per composition with the 5-step relaxation. Ordering all candidates by CHGNet energy alone measured worse
+    than the learned template order (43.8 % vs 62.5 % on 16 rows, bench/bench_ranked.py); DAO-P as sole judge
+    25 %."""
     return "chgnet" if importlib.util.find_spec("chgnet") is not None else "none"
 
 

@@ -24,8 +24,9 @@ def default_out(formula: str) -> Path:
 @click.option("--rank/--no-rank", default=True, show_default=True,
               help="Rank candidates from templates and the generator (--no-rank: raw samples in sample order).")
 @click.option("--judge", type=click.Choice(["auto", "chgnet", "dao", "none"]), default="none", show_default=True,
-              help="Energy that orders the ranked candidates after a short relaxation; none: source order "
-                   "(templates by the learned ranker, then generated; measured best); auto: CHGNet if installed.")
+              help="chgnet: templates ordered by the CHGNet-aware ranker (measured best; pip extra), the other "
+                   "candidates by energy after a short relaxation; dao: the latter with DAO-P; none: templates in "
+                   "the learned order, then samples; auto: CHGNet if installed.")
 @click.option("--templates", default="default", show_default=True,
               help="Template index for ranked prediction: a path, 'default' or 'none'.")
 @click.option("--candidates", type=click.IntRange(1, 10000), default=8, show_default=True,
