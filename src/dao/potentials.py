@@ -167,9 +167,9 @@ class CHGNetPotential:
     energy_unit = "eV/atom (CHGNet, MP2020-compatible total energy)"
     #: structures per CHGNet call: with forces and stress a batch of 16 small cells took 6.0 s on one CPU core
     #: against 1.0 s in batches of 8 (the backward pass grows faster than the batch); energies alone, 4 is best
-    ENERGY_BATCH = 4
+    FORCE_BATCH, ENERGY_BATCH = 8, 4
 
-    def __init__(self, model: str = "0.3.0", device: str = "cpu", batch_size: int = 8) -> None:
+    def __init__(self, model: str = "0.3.0", device: str = "cpu", batch_size: int = FORCE_BATCH) -> None:
         import contextlib
         import sys
 
@@ -177,37 +177,35 @@ class CHGNetPotential:
         with contextlib.redirect_stdout(sys.stderr):  # CHGNet announces itself on stdout; ours is for results
             self.model = chgnet.CHGNet.load(model_name=model, use_device=str(device), verbose=False)
         self.name = f"chgnet-{model}"
-        self.batch_size = min(batch_size, 8)  # see ENERGY_BATCH: larger force batches are slower, not faster
+        self.batch_size = min(batch_size, self.FORCE_BATCH)  # larger force batches are slower, not faster
 
-    def _predict(self, structures: list) -> list:
+    def _predict(self, structures: list, task: str, batch_size: int) -> list:
         import warnings
 
         with warnings.catch_warnings():  # CHGNet warns about its own volume tensor on every call
             warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-            preds = self.model.predict_structure(structures, task="efs", batch_size=self.batch_size)
+            preds = self.model.predict_structure(structures, task=task, batch_size=batch_size)
         return [preds] if isinstance(preds, dict) else list(preds)
+
+    def _predict_each(self, structures: list, task: str, batch_size: int) -> list:
+        """CHGNet's predictions for ``structures``, or the exception in place of each structure it fails on
+        (e.g. an atom with no neighbour within 5 Å): a failed batch is retried structure by structure."""
+        try:
+            return self._predict(structures, task, batch_size)
+        except Exception:
+            preds: list = []
+            for s in structures:
+                try:
+                    preds.append(self._predict([s], task, batch_size)[0])
+                except Exception as exc:
+                    preds.append(exc)
+            return preds
 
     def energies(self, structures: Sequence[Any]) -> list[float | None]:
         """Single-point energies per atom of pymatgen structures (no forces: no backward pass), None where
         CHGNet fails on a structure."""
-        import warnings
-
-        def run(batch: list) -> list:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-                preds = self.model.predict_structure(batch, task="e", batch_size=self.ENERGY_BATCH)
-            return [preds] if isinstance(preds, dict) else list(preds)
-
-        try:
-            return [float(p["e"]) for p in run(list(structures))]
-        except Exception:  # find the structure(s) that fail
-            out: list[float | None] = []
-            for s in structures:
-                try:
-                    out.append(float(run([s])[0]["e"]))
-                except Exception:
-                    out.append(None)
-            return out
+        preds = self._predict_each(list(structures), "e", self.ENERGY_BATCH)
+        return [None if isinstance(p, Exception) else float(p["e"]) for p in preds]
 
     def compute(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult | Exception]:
         from ase.stress import full_3x3_to_voigt_6_stress
@@ -215,15 +213,7 @@ class CHGNetPotential:
         from pymatgen.io.ase import AseAtomsAdaptor
 
         structures = [AseAtomsAdaptor.get_structure(a) for _, a in items]
-        try:
-            preds: list = self._predict(structures)
-        except Exception:  # find the structure(s) that fail (e.g. an atom with no neighbour within 5 Å)
-            preds = []
-            for s in structures:
-                try:
-                    preds.append(self._predict([s])[0])
-                except Exception as exc:
-                    preds.append(exc)
+        preds = self._predict_each(structures, "efs", self.batch_size)
         out: list[PotentialResult | Exception] = []
         for s, p in zip(structures, preds):
             if isinstance(p, Exception):
@@ -245,7 +235,7 @@ def require_chgnet() -> ModuleType:
 
 
 def load_potential(name: str = "dao", model: str = "default", device: str = "cpu",
-                   batch_size: int = 8) -> Potential:
+                   batch_size: int = CHGNetPotential.FORCE_BATCH) -> Potential:
     """``"dao"`` (DAO-P checkpoint ``model``) or ``"chgnet"`` (``model`` is a CHGNet version, default 0.3.0)."""
     if name == "chgnet":
         return CHGNetPotential("0.3.0" if model == "default" else model, device=device, batch_size=batch_size)
