@@ -82,7 +82,7 @@ def _label(index: TemplateIndex, target: int, by_formula: dict[str, list[int]], 
     y = [float(rms(canonicalize(c.structure), ref)[0] is not None) for c, _ in scanned]
     x = [features(f) for _, f in scanned]
     extra = _energies([c.structure for c, _ in scanned], judges or {}, steps, top)
-    return np.array(x).reshape(-1, len(FEATURES)), np.array(y), extra
+    return np.array(x).reshape(-1, len(FEATURES)), np.array(y), extra, [c.structure for c, _ in scanned]
 
 
 def _pack(xs: list, ys: list, groups: list, extras: list) -> dict[str, np.ndarray]:
@@ -91,21 +91,37 @@ def _pack(xs: list, ys: list, groups: list, extras: list) -> dict[str, np.ndarra
             **{k: np.concatenate([e[k] for e in extras]) for k in keys}}
 
 
+def _write_structures(path: str, structures: list, ys: list, groups: list) -> None:
+    """The labelled candidates as extxyz frames (info: group, label, position in the similarity order), for
+    training a judge on them (tools/train_judge.py)."""
+    from dao.structure_io import write_extxyz
+
+    infos = [{"group": int(g[0]), "label": int(lab), "position": j}
+             for y, g in zip(ys, groups) for j, lab in enumerate(y)]
+    write_extxyz([s for group in structures for s in group], infos, Path(path))
+
+
 def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str | None = None,
-            judges: dict | None = None, steps: int = 0, top: int | None = None) -> dict[str, np.ndarray]:
+            judges: dict | None = None, steps: int = 0, top: int | None = None,
+            structures: str | None = None) -> dict[str, np.ndarray]:
     by_formula: dict[str, list[int]] = {}
     for i in range(len(index)):
         by_formula.setdefault(reduced_formula_of(index._numbers(i).tolist()), []).append(i)
-    xs, ys, groups, extras, t0 = [], [], [], [], time.time()
+    xs, ys, groups, extras, kept, t0 = [], [], [], [], [], time.time()
     for g, t in enumerate(targets):
         if time.time() - t0 > budget:
             break
-        x, y, extra = _label(index, t, by_formula, judges, steps, top)
+        x, y, extra, cands = _label(index, t, by_formula, judges, steps, top)
         xs.append(x), ys.append(y), groups.append(np.full(len(y), g)), extras.append(extra)
+        kept.append(cands if structures else [])
         if g % 50 == 0:
             print(json.dumps({"targets_done": g, "seconds": round(time.time() - t0)}), file=sys.stderr, flush=True)
             if cache:  # a partial cache survives an interrupted run (rerun with --features to fit on it)
                 np.savez_compressed(cache, **_pack(xs, ys, groups, extras))
+            if structures:
+                _write_structures(structures, kept, ys, groups)
+    if structures:
+        _write_structures(structures, kept, ys, groups)
     return _pack(xs, ys, groups, extras)
 
 
@@ -169,6 +185,7 @@ def main() -> None:
     p.add_argument("--energies", default="", help="judges whose candidate energies are recorded (chgnet,dao)")
     p.add_argument("--relax-steps", type=int, default=0, help="also record energies after this many FIRE steps")
     p.add_argument("--relax-top", type=int, default=None, help="relax only the first this many candidates")
+    p.add_argument("--structures", default=None, help="also write the labelled candidates here (.extxyz)")
     a = p.parse_args()
     import torch
 
@@ -188,7 +205,7 @@ def main() -> None:
 
         judges = {name: load_potential(name) for name in a.energies.split(",") if name}
         data = collect(index, _targets(index, banned, a.targets, a.seed), a.budget, a.features, judges,
-                       a.relax_steps, a.relax_top)
+                       a.relax_steps, a.relax_top, a.structures)
         if a.features:
             np.savez_compressed(a.features, **data)
     result = {"candidates": int(len(data["y"])), "targets": int(len(np.unique(data["group"]))),

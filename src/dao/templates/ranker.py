@@ -152,25 +152,16 @@ class TemplateRanker:
         params = [w1.requires_grad_(), torch.zeros(hidden, dtype=torch.float64, requires_grad=True),
                   (torch.randn(hidden, generator=g, dtype=torch.float64) / math.sqrt(hidden)).requires_grad_(),
                   torch.zeros((), dtype=torch.float64, requires_grad=True)]
-        listwise = None
-        if groups is not None:
+        inv = None
+        if groups is not None and float(np.max(y, initial=0)) > 0:
             inv = torch.as_tensor(np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1))
-            n_groups = int(inv.max()) + 1 if len(inv) else 0
-            has_pos = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, yt) > 0
-            listwise = (inv, n_groups, has_pos)
         opt = torch.optim.Adam(params, lr=0.02, weight_decay=weight_decay)
         for _ in range(epochs):
             opt.zero_grad()
             logit = torch.tanh(xs @ params[0] + params[1]) @ params[2] + params[3]
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, yt)
-            if listwise is not None and bool(listwise[2].any()):
-                inv, n_groups, has_pos = listwise
-                top = torch.full((n_groups,), -math.inf, dtype=torch.float64).scatter_reduce(
-                    0, inv, logit.detach(), "amax")
-                ex = torch.exp(logit - top[inv])
-                den = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, ex)
-                num = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, inv, ex * yt)
-                loss = 0.3 * loss - (torch.log(num[has_pos]) - torch.log(den[has_pos])).mean()
+            if inv is not None:
+                loss = 0.3 * loss + listwise_loss(logit, yt, inv)
             loss.backward()
             opt.step()
         n = [p.detach().numpy() for p in params]
@@ -200,6 +191,21 @@ class TemplateRanker:
             raise
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, IndexError) as exc:
             raise TemplateRankerError(f"cannot read template ranker {path}: {type(exc).__name__}: {exc}") from None
+
+
+def listwise_loss(logit: "torch.Tensor", labels: "torch.Tensor", group: "torch.Tensor") -> "torch.Tensor":
+    """Mean over the groups that hold a right candidate (``labels`` 1) of −log Σ_right softmax(logit), the
+    softmax taken within each group; ``group`` numbers the rows' groups 0..G−1. The loss of a ranker (and of
+    a judge, with logit = −energy) that decides which of one composition's candidates comes first."""
+    import torch
+
+    n = int(group.max()) + 1
+    top = torch.full((n,), -math.inf, dtype=logit.dtype).scatter_reduce(0, group, logit.detach(), "amax")
+    ex = torch.exp(logit - top[group])
+    den = torch.zeros(n, dtype=logit.dtype).index_add(0, group, ex)
+    num = torch.zeros(n, dtype=logit.dtype).index_add(0, group, ex * labels)
+    right = torch.zeros(n, dtype=logit.dtype).index_add(0, group, labels) > 0
+    return -(torch.log(num[right].clamp_min(torch.finfo(logit.dtype).tiny)) - torch.log(den[right])).mean()
 
 
 def top1_rate(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
