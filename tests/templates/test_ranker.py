@@ -6,7 +6,8 @@ import pytest
 
 from dao.formula import parse_formula
 from dao.templates import TemplateIndex
-from dao.templates.ranker import FEATURES, TemplateRanker, TemplateRankerError, default_ranker_path, top1_rate
+from dao.templates.ranker import (FEATURES, TemplateRanker, TemplateRankerError, default_ranker_path, listwise_loss,
+                                  top1_rate)
 from tests.conftest import small_structures, write_csv
 
 
@@ -32,6 +33,22 @@ def test_ranker_learns_which_candidate_is_right(listwise):
     learned = top1_rate([model.score(x) for x in tx], ty)
     first = top1_rate([-np.arange(len(x), dtype=float) for x in tx], ty)
     assert learned >= 0.9 and first < 0.4
+
+
+def test_listwise_loss_is_the_softmax_cross_entropy_of_the_right_candidates():
+    torch = pytest.importorskip("torch")
+    logit = torch.tensor([2.0, 0.5, -1.0, 0.3, 0.1, 4.0, -3.0], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0, 0, 0, 0], dtype=torch.float64)
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 2])  # group 1 has no right candidate: no signal, left out
+    p0 = torch.softmax(logit[:3], 0)
+    want = -torch.log(p0[1] + p0[2])
+    assert torch.allclose(listwise_loss(logit, labels, group), want)
+    labels2 = labels.clone()
+    labels2[6] = 1.0  # group 2's right candidate is 7 logits behind: its term is −log softmax, averaged in
+    want2 = (want - torch.log_softmax(logit[5:], 0)[1]) / 2
+    assert torch.allclose(listwise_loss(logit, labels2, group), want2)
+    shifted = logit + torch.tensor([5.0, 5.0, 5.0, -2.0, -2.0, 100.0, 100.0], dtype=torch.float64)
+    assert torch.allclose(listwise_loss(shifted, labels2, group), want2)  # a constant per group changes nothing
 
 
 def test_ranker_file_round_trip_and_bad_files(tmp_path):
