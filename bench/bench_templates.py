@@ -22,24 +22,27 @@ from _common import data_dir
 from dao.data.readers import read_csv
 from dao.evaluate import evaluate
 from dao.formula import CellComposition
-from dao.ranking import single_point_energies
+from dao.ranking import template_energy_fn
 from dao.templates import TemplateIndex
 from dao.templates.ranker import TemplateRanker, default_ranker_path
 
 SPLITS = {"mp20": "csp/mp_20/val.csv.gz", "perov": "csp/perov_5/val.csv.gz", "mpts": "csp/mpts_52/val.csv.gz"}
 VARIANTS = ("naive", "mendeleev", "en_radius", "en", "embedding", "substitution",
-            "en_radius+vote", "mendeleev+vote", "en_radius+ranker", "en_radius+ranker_chgnet")
+            "en_radius+vote", "mendeleev+vote", "en_radius+ranker", "en_radius+ranker_chgnet",
+            "en_radius+ranker_dao")
 
 
 def _variant(index: TemplateIndex, name: str, volume: str = "ratio", ranker: str | None = None) -> TemplateIndex:
     """``naive``, ``<similarity>``, ``<similarity>+vote``, ``<similarity>+ranker`` (the learned order) or
-    ``<similarity>+ranker_chgnet`` (the CHGNet-aware learned order: CHGNet single-point energies scored too)."""
+    ``<similarity>+ranker_<judge>`` (the judge-aware learned order: the judge's single-point energies scored
+    too; judge chgnet or dao, the bundled DAO-P judge)."""
     if name == "naive":
         return index.with_options(similarity="en_radius", volume=volume, en_order=True).with_ranker(None)
     similarity, _, mode = name.partition("+")
     plain = index.with_options(similarity=similarity, volume=volume, en_order=False, vote=mode == "vote")
     learned = TemplateRanker.load(ranker or default_ranker_path()) if mode.startswith("ranker") else None
-    aware = {"chgnet": TemplateRanker.load(default_ranker_path("chgnet"))} if mode == "ranker_chgnet" else None
+    judge = mode[len("ranker_"):] if mode.startswith("ranker_") else None
+    aware = {judge: TemplateRanker.load(default_ranker_path(judge))} if judge else None
     return plain.with_ranker(learned, aware)
 
 
@@ -56,8 +59,8 @@ def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: 
         for volume in (("ratio", "template") if name == variants[-1] and template_volume else ("ratio",)):
             idx = _variant(guarded, name, volume, ranker)
             t0 = time.perf_counter()
-            judge = "chgnet" if name.endswith("ranker_chgnet") else None
-            energy = (lambda structures: single_point_energies(structures, "chgnet")) if judge else None
+            judge = name.partition("+ranker_")[2] or None
+            energy = template_energy_fn(judge) if judge else None
             if energy:
                 energy(refs[:1])  # load CHGNet before timing
                 t0 = time.perf_counter()

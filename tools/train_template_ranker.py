@@ -126,13 +126,14 @@ def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str 
 
 
 def pool(paths: list[str], judge: str | None = None) -> dict[str, np.ndarray]:
-    """Labelled-feature caches pooled, groups renumbered. Caches written before the ``exact_chemistry``
+    """Labelled-feature caches pooled, groups renumbered, a target labelled in several caches (the same
+    candidate features) kept once. Caches written before the ``exact_chemistry``
     feature was retired (one column more) lose that column and its rows (unsubstituted known structures,
     never right in leave-one-out). With ``judge``, only caches with ``e_<judge>`` are used and the
     :data:`~dao.templates.ranker.ENERGY_FEATURE` column is appended."""
     from dao.templates.ranker import relative_energies
 
-    xs, ys, gs, offset = [], [], [], 0
+    xs, ys, gs, offset, seen = [], [], [], 0, set()
     for path in paths:
         with np.load(path) as z:
             x, y, g = z["x"], z["y"], z["group"]
@@ -150,6 +151,13 @@ def pool(paths: list[str], judge: str | None = None) -> dict[str, np.ndarray]:
                 m = g == k
                 col[m] = relative_energies([v if np.isfinite(v) else None for v in e[m]])
             x = np.column_stack([x, col])
+        fresh = np.ones(len(y), dtype=bool)
+        for k in np.unique(g):  # a target drawn by several labelling runs counts once
+            m = g == k
+            key = np.round(x[m][:, :len(FEATURES)], 6).tobytes()
+            fresh[m] = key not in seen
+            seen.add(key)
+        x, y, g = x[fresh], y[fresh], g[fresh]
         g = np.unique(g, return_inverse=True)[1].reshape(-1) + offset
         offset = int(g.max()) + 1 if len(g) else offset
         xs.append(x), ys.append(y), gs.append(g)

@@ -17,7 +17,7 @@ import functools
 import importlib.util
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -137,13 +137,20 @@ def template_candidates(cells: Sequence[CellComposition], templates: Any, limit:
                 return [], f"templates skipped: {exc}"
             raise DAOError(f"cannot load template index {templates}: {exc}") from None
     judge = default_judge() if judge == "auto" else judge
-    energy = None
-    if judge in index.energy_rankers:
-        energy = functools.partial(single_point_energies, judge=judge, device=device, energy_model=energy_model)
+    energy = template_energy_fn(judge, device, energy_model) if judge in index.energy_rankers else None
     out: list[Candidate] = []
     for cell in cells:
         out.extend(index.propose(cell, limit=limit, novel=novel, judge=judge, energy=energy))
     return out, None
+
+
+def template_energy_fn(judge: str, device: str = "cpu", energy_model: str = "default"
+                       ) -> Callable[[Sequence[Structure]], list[float | None]]:
+    """The single-point energy function a judge-aware template ranker scores: CHGNet's energy per atom, or
+    for ``judge="dao"`` with the default model the bundled DAO-P judge (``"default-judge"``: DAO-P finetuned
+    to rank one composition's candidates, whose scores the bundled DAO-aware ranker was fitted on)."""
+    spec = "default-judge" if judge == "dao" and str(energy_model) == "default" else energy_model
+    return functools.partial(single_point_energies, judge=judge, device=device, energy_model=spec)
 
 
 def _source_order(cands: Sequence[Candidate]) -> list[int]:
