@@ -28,14 +28,13 @@ from dao.templates.ranker import TemplateRanker, default_ranker_path
 
 SPLITS = {"mp20": "csp/mp_20/val.csv.gz", "perov": "csp/perov_5/val.csv.gz", "mpts": "csp/mpts_52/val.csv.gz"}
 VARIANTS = ("naive", "mendeleev", "en_radius", "en", "embedding", "substitution",
-            "en_radius+vote", "mendeleev+vote", "en_radius+ranker", "en_radius+ranker_chgnet",
-            "en_radius+ranker_dao")
+            "en_radius+vote", "mendeleev+vote", "en_radius+ranker", "en_radius+ranker_chgnet")
 
 
 def _variant(index: TemplateIndex, name: str, volume: str = "ratio", ranker: str | None = None) -> TemplateIndex:
     """``naive``, ``<similarity>``, ``<similarity>+vote``, ``<similarity>+ranker`` (the learned order) or
     ``<similarity>+ranker_<judge>`` (the judge-aware learned order: the judge's single-point energies scored
-    too; judge chgnet or dao, the bundled DAO-P judge)."""
+    too; the judges with a bundled judge-aware ranker: chgnet)."""
     if name == "naive":
         return index.with_options(similarity="en_radius", volume=volume, en_order=True).with_ranker(None)
     similarity, _, mode = name.partition("+")

@@ -78,7 +78,8 @@ def write_ranker_cache(features: str, out: str, model: str, crystals: list[Cryst
         raise SystemExit(f"{features} does not hold the same candidates as the structures file")
     rows = np.flatnonzero(np.isin(groups, keep))
     structures = [crystals[i].to_structure() for i in rows]
-    e = single_point_energies(structures, "dao", energy_model=model)
+    e = [v for s in range(0, len(structures), 32)  # one composition's worth at a time, as in dao predict
+         for v in single_point_energies(structures[s:s + 32], "dao", energy_model=model)]
     cache = {k: v[rows] for k, v in cache.items()}
     cache["e_dao"] = np.array([np.nan if v is None else v for v in e], dtype=float)
     np.savez_compressed(out, **cache)

@@ -146,11 +146,9 @@ def template_candidates(cells: Sequence[CellComposition], templates: Any, limit:
 
 def template_energy_fn(judge: str, device: str = "cpu", energy_model: str = "default"
                        ) -> Callable[[Sequence[Structure]], list[float | None]]:
-    """The single-point energy function a judge-aware template ranker scores: CHGNet's energy per atom, or
-    for ``judge="dao"`` with the default model the bundled DAO-P judge (``"default-judge"``: DAO-P finetuned
-    to rank one composition's candidates, whose scores the bundled DAO-aware ranker was fitted on)."""
-    spec = "default-judge" if judge == "dao" and str(energy_model) == "default" else energy_model
-    return functools.partial(single_point_energies, judge=judge, device=device, energy_model=spec)
+    """The single-point energy function a judge-aware template ranker scores (the judge's energy per atom of
+    each candidate as proposed: :func:`single_point_energies`)."""
+    return functools.partial(single_point_energies, judge=judge, device=device, energy_model=energy_model)
 
 
 def _source_order(cands: Sequence[Candidate]) -> list[int]:

@@ -25,8 +25,6 @@ BUNDLED_GENERATORS = {"diffusion": "dao_g_diffusion.pt", "flow": "dao_g_flow.pt"
 DEFAULT_BUNDLED_METHOD = "diffusion"  # what ``"default"`` means for generators (see docs/flow_vs_diffusion.md)
 DEFAULT_GENERATOR = BUNDLED_GENERATORS[DEFAULT_BUNDLED_METHOD]
 DEFAULT_ENERGY = "dao_p_default.pt"
-#: the bundled DAO-P finetuned to rank one composition's candidates (``"default-judge"``; tools/train_judge.py)
-BUNDLED_JUDGE = "dao_p_judge.pt"
 #: the bundled checkpoint that ``"default"`` names, per model kind
 DEFAULT_MODELS = {"generator": DEFAULT_GENERATOR, "energy": DEFAULT_ENERGY}
 
@@ -45,11 +43,8 @@ def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = Non
 
 def resolve_model_path(spec: str | Path, kind: str = "generator") -> Path:
     """``default`` → the bundled checkpoint of that kind (DAO-G unless ``kind="energy"``);
-    ``default-diffusion`` / ``default-flow`` → the bundled generator of that method; ``default-judge`` → the
-    bundled DAO-P judge; else a path."""
+    ``default-diffusion`` / ``default-flow`` → the bundled generator of that method; else a path."""
     name = str(spec)
-    if name == "default-judge" and not Path(name).exists():
-        return Path(str(resources.files("dao.resources").joinpath(BUNDLED_JUDGE)))
     if name == "default":
         return Path(str(resources.files("dao.resources").joinpath(DEFAULT_MODELS.get(kind, DEFAULT_GENERATOR))))
     if name.startswith("default-") and name[8:] in BUNDLED_GENERATORS and not Path(name).exists():
