@@ -86,14 +86,15 @@ def test_python_api_returns_structures(tiny_checkpoint):
 
 @pytest.mark.slow
 def test_train_init_continues_from_a_checkpoint(tmp_path, tiny_csv):
-    """`--init` starts from a checkpoint's weights and config: with a zero learning rate nothing moves."""
+    """`--init` starts from a checkpoint's weights and config: with a zero learning rate nothing moves; the
+    largest cell it generates grows to the largest cell it is finetuned on (here 6 atoms, first stage ≤ 4)."""
     import torch
 
     from dao.cli import main
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("model: {hidden: 16, layers: 1, heads: 2, num_freqs: 4, time_dim: 8}\n"
-                   "train: {batch_size: 2, max_epochs: 1, warmup_steps: 1, max_atoms: 12}\n")
+                   "train: {batch_size: 2, max_epochs: 1, warmup_steps: 1, max_atoms: 4}\n")
     frozen = tmp_path / "frozen.yaml"
     frozen.write_text("train: {batch_size: 2, max_epochs: 1, warmup_steps: 1, max_atoms: 12, lr: 0.0, lr_min: 0.0}\n")
     main(["train", "generator", "--method", "flow", "--data", str(tiny_csv), "--config", str(cfg),
@@ -102,7 +103,8 @@ def test_train_init_continues_from_a_checkpoint(tmp_path, tiny_csv):
           str(tmp_path / "a" / "model.pt"), "--out", str(tmp_path / "b"), "--device", "cpu"])
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
-    assert b["meta"]["init"] == str(tmp_path / "a" / "model.pt") and b["config"] == a["config"]
+    assert b["meta"]["init"] == str(tmp_path / "a" / "model.pt")
+    assert a["config"]["max_atoms"] == 4 and b["config"] == {**a["config"], "max_atoms": 6}
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v)
 

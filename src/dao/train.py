@@ -288,11 +288,14 @@ def _read_training_data(data: Sequence[str | Path], val: Sequence[str | Path], e
 def _build_model(kind: str, cfg: dict, tcfg: TrainConfig, crystals: Sequence[Crystal], method: str | None,
                  init: str | None) -> torch.nn.Module:
     """A fresh model of ``kind`` sized from the data (initial weights seeded by train.seed), or the weights
-    and model config of the checkpoint ``init``."""
+    and model config of the checkpoint ``init`` — whose ``max_atoms`` (the largest cell it will generate)
+    grows to the largest training cell when finetuning on larger cells."""
     if init is not None:
         model = load_model(init, kind).train()
         if method is not None and method != getattr(model, "method", method):
             raise DAOError(f"--method {method}, but --init {init} is a {model.method} model")
+        if crystals and hasattr(model.config, "max_atoms"):
+            model.config.max_atoms = max(model.config.max_atoms, max(c.num_atoms for c in crystals))
         return model
     if method is not None:
         cfg["method"] = method
