@@ -131,6 +131,24 @@ def test_a_52_atom_cell_works():
     assert all(len(j.structure) == 52 for j in ranking.ranked)
 
 
+def test_ranked_cells_stop_at_20_atoms_unless_the_formula_or_max_atoms_asks_for_more():
+    from dao.models.generator import DAOGenerator, GeneratorConfig
+    from dao.nn.crysformer import CrysformerConfig
+    from dao.prediction import sample_formula
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(model=CrysformerConfig(hidden=16, layers=1, heads=2, num_freqs=4, time_dim=8), max_atoms=52)
+    model = DAOGenerator(cfg).eval()
+
+    def sizes(formula, **kw):
+        run = sample_formula(formula, 1, seed=0, steps=2, model=model, device="cpu", all_cells=True, total=1, **kw)
+        return [c.num_atoms for c in run.cells]
+
+    assert sizes("NaCl") == list(range(2, 21, 2))  # the default: every Z up to 20 atoms
+    assert sizes("Na12Cl12") == list(range(2, 25, 2))  # a larger formula as typed is still tried
+    assert sizes("NaCl", max_atoms=52) == list(range(2, 53, 2))  # --max-atoms: up to the model's limit
+
+
 def test_unknown_judge_and_missing_index_are_clean_errors(structures, tmp_path):
     from dao.errors import DAOError
     from dao.ranking import template_candidates

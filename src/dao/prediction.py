@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: the published energy-guidance scale s (docs/design.md, 'Energy model (DAO-P) and guidance')
 DEFAULT_GUIDANCE_SCALE = 20.0
+#: ranked prediction without --atoms/--max-atoms samples every cell multiple up to this many atoms (the regime
+#: the template index and the generators cover best; each further cell costs a template scan and samples)
+ALL_CELLS_MAX_ATOMS = 20
 
 
 @dataclass
@@ -148,7 +151,8 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
                    total: int | None = None, step_lr: float | None = None) -> PredictionRun:
     """Load (or take) the generator, check every input, then sample ``n`` structures per admissible cell.
 
-    ``all_cells``: without ``atoms``/``max_atoms``, every cell multiple Z the model admits; ``total``:
+    ``all_cells``: without ``atoms``/``max_atoms``, every cell multiple Z up to :data:`ALL_CELLS_MAX_ATOMS`
+    atoms (or up to the formula as typed, when larger) that the model admits; ``total``:
     draw about that many samples over all cells (⌈total / cells⌉ each) instead of ``n`` per cell.
 
     ``model`` is a checkpoint path, ``"default"`` (with ``method``: the bundled generator of that method),
@@ -166,8 +170,8 @@ def sample_formula(formula: str, n: int = 5, atoms: int | None = None, max_atoms
         raise DAOError(f"--method {method}, but {getattr(gen_model, 'checkpoint_path', 'the model')} is a "
                        f"{gen_model.method} generator (train one with `dao train generator --method {method}`)")
     if all_cells and atoms is None and max_atoms is None:
-        cells_to_generate(formula, gen_model.config.max_atoms)  # the formula as typed must fit the model
-        max_atoms = gen_model.config.max_atoms
+        typed = cells_to_generate(formula, gen_model.config.max_atoms)[0]  # the formula as typed must fit
+        max_atoms = max(min(gen_model.config.max_atoms, ALL_CELLS_MAX_ATOMS), typed.num_atoms)
     cells = cells_to_generate(formula, gen_model.config.max_atoms, atoms=atoms, max_atoms=max_atoms)
     if total is not None:
         n = max(1, -(-int(total) // len(cells)))

@@ -44,7 +44,7 @@ def default_out(formula: str) -> Path:
 @OVERWRITE
 @click.option("--atoms", type=click.IntRange(1), default=None, help="Atoms per cell (a multiple of the reduced formula).")
 @click.option("--max-atoms", type=click.IntRange(1), default=None,
-              help="Enumerate every cell multiple Z of the reduced formula up to this many atoms.")
+              help="Enumerate every cell multiple Z of the reduced formula up to this many atoms (ranked default: 20, or the formula as typed when larger).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--steps", type=click.IntRange(2), default=None,
               help="Sampling steps (default: the model's full schedule, diffusion.num_steps in `dao info`).")
