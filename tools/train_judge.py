@@ -13,7 +13,7 @@ judge never trains on them, so a judge-aware template ranker can be fitted on it
         --max-minutes 20
 
 Prints JSON: groups used, the held-out top-1 rate of the similarity order (position 0), of the starting DAO-P
-and of the finetuned one; ``--scores FILE`` also writes the finetuned energy of every candidate (in file order)
+and of the finetuned one; ``--scores FILE`` also writes the finetuned energy per atom of every candidate (in file order)
 as ``.npy`` and ``--held-out-groups FILE`` the held-out group ids, for fitting a judge-aware template ranker.
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 
 from dao.crystal import Crystal, CrystalBatch
 from dao.models.checkpoint import load_energy_model, save_model
-from dao.templates.ranker import listwise_loss
+from dao.models.energy import predict_energies
+from dao.templates.ranker import listwise_loss, top1_rate
 
 
 def read_candidates(paths: list[str]) -> tuple[list[Crystal], np.ndarray, np.ndarray, np.ndarray]:
@@ -51,19 +52,9 @@ def read_candidates(paths: list[str]) -> tuple[list[Crystal], np.ndarray, np.nda
     return crystals, np.array(labels), np.array(groups), np.array(positions)
 
 
-def energies(model, crystals: list[Crystal], batch_size: int = 64) -> np.ndarray:
-    """f(M, 0), the standardised clean-structure energy, of each crystal (no gradient)."""
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(crystals), batch_size):
-            batch = CrystalBatch.from_crystals(crystals[s:s + batch_size])
-            out.append(model.energy(batch, torch.zeros(batch.num_crystals)).double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def top1(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, keep: list[int]) -> float:
-    """How often the lowest-scored candidate of each kept group is a match."""
-    return float(np.mean([labels[groups == g][np.argmin(scores[groups == g])] for g in keep])) if keep else math.nan
+def top1(energy: np.ndarray, labels: np.ndarray, groups: np.ndarray, keep: list[int]) -> float:
+    """How often the lowest-energy candidate of each kept group is a match."""
+    return top1_rate([-energy[groups == g] for g in keep], [labels[groups == g] for g in keep]) if keep else math.nan
 
 
 def write_ranker_cache(features: str, out: str, model: str, crystals: list[Crystal], groups: np.ndarray,
@@ -90,7 +81,7 @@ def main() -> None:
     p.add_argument("--structures", nargs="+", required=True)
     p.add_argument("--model", default="default", help="the DAO-P to start from")
     p.add_argument("--out", default=None)
-    p.add_argument("--scores", default=None, help="write the finetuned f of every candidate here (.npy)")
+    p.add_argument("--scores", default=None, help="write the finetuned energy of every candidate here (.npy)")
     p.add_argument("--groups-per-step", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--epochs", type=int, default=10)
@@ -114,7 +105,7 @@ def main() -> None:
     train = [g for g in ids if g not in held]
     test = sorted(held)
     model = load_energy_model(a.model, "cpu")
-    base = energies(model, crystals)
+    base = predict_energies(model, crystals)
     first = -np.where(positions == 0, 1.0, 0.0)  # the similarity order's first candidate
     result = {"candidates": len(crystals), "groups": len(ids), "held_out": len(test),
               "top1_similarity_order": top1(first, labels, groups, test), "top1_base": top1(base, labels, groups, test)}
@@ -139,14 +130,14 @@ def main() -> None:
             if time.time() - t0 > a.max_minutes * 60:
                 break
         model.eval()
-        tuned = energies(model, crystals)
+        tuned = predict_energies(model, crystals)
         model.train()
         print(json.dumps({"epoch": epoch, "steps": step, "seconds": round(time.time() - t0),
                           "top1_held_out": top1(tuned, labels, groups, test)}), file=sys.stderr, flush=True)
         if time.time() - t0 > a.max_minutes * 60:
             break
     model.eval()
-    tuned = energies(model, crystals)
+    tuned = predict_energies(model, crystals)
     result.update(top1_finetuned=top1(tuned, labels, groups, test), epochs=epoch + 1, steps=step,
                   seconds=round(time.time() - t0))
     if a.scores:
