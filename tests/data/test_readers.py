@@ -79,5 +79,12 @@ def test_cif_folder_extxyz_and_malformed_cif(tmp_path, structures):
     write(str(tmp_path / "all.extxyz"), [Crystal.from_structure(s).to_atoms() for s in structures.values()], format="extxyz")
     cs, skipped = read_any(tmp_path / "all.extxyz")
     assert len(cs) == len(structures)
+    frames = [Crystal.from_structure(s).to_atoms() for s in structures.values()]
+    for i, a in enumerate(frames):
+        a.info.update({"group": i, "label": 0.5 * i, "tag": "x"})
+    write(str(tmp_path / "info.extxyz"), frames, format="extxyz")
+    cs, _ = read_any(tmp_path / "info.extxyz")  # ASE reads the numbers back as numpy scalars
+    assert [(c.meta["group"], c.meta["label"], c.meta["tag"]) for c in cs] == [(i, 0.5 * i, "x") for i in range(len(cs))]
+    assert all(type(c.meta["group"]) is int for c in cs)
     with pytest.raises(StructureReadError, match="no such file"):
         read_any(tmp_path / "missing.csv")

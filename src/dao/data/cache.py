@@ -16,7 +16,7 @@ import numpy as np
 
 from dao.crystal import Crystal
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: extxyz frames keep their integer info (numpy scalars were dropped)
 
 
 def cache_dir() -> Path:

@@ -178,6 +178,8 @@ def record_from_atoms(atoms: Atoms) -> Record:
 
     if not all(atoms.pbc):
         raise StructureReadError("ASE Atoms must be periodic in all three directions")
-    info = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str))}
+    # ASE parses extxyz numbers as numpy scalars: keep them as the Python scalars they stand for
+    info = {k: v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v for k, v in atoms.info.items()}
+    info = {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
     return Record(record_id(info, ("material_id", "id")), AseAtomsAdaptor.get_structure(atoms), labels_of(info),
                   info)
