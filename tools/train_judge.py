@@ -36,19 +36,19 @@ from dao.templates.ranker import listwise_loss, top1_rate
 
 def read_candidates(paths: list[str]) -> tuple[list[Crystal], np.ndarray, np.ndarray, np.ndarray]:
     """Crystals, labels, group ids (renumbered across files) and positions of the labelled candidates."""
-    from ase.io import iread
+    from dao.data.readers import read_extxyz
 
-    crystals, labels, groups, positions, offset = [], [], [], [], 0
+    crystals, offset = [], 0
+    labels, groups, positions = [], [], []
     for path in paths:
-        top = offset
-        for atoms in iread(path, index=":", format="extxyz"):
-            info = dict(atoms.info)
-            crystals.append(Crystal.from_atoms(atoms, niggli=True))
-            labels.append(float(info["label"]))
-            groups.append(int(info["group"]) + offset)
-            positions.append(int(info.get("position", 0)))
-            top = max(top, groups[-1] + 1)
-        offset = top
+        got, skipped = read_extxyz(path)
+        if skipped:  # the frames must stay aligned with the labelling run's feature cache
+            raise SystemExit(f"{path}: unreadable frame {skipped[0][0]}: {skipped[0][1]}")
+        crystals += got
+        labels += [float(c.meta["label"]) for c in got]
+        groups += [int(c.meta["group"]) + offset for c in got]
+        positions += [int(c.meta.get("position", 0)) for c in got]
+        offset = max(groups, default=offset - 1) + 1
     return crystals, np.array(labels), np.array(groups), np.array(positions)
 
 
