@@ -61,7 +61,7 @@ def run_split(index: TemplateIndex, split: str, n: int, variants: list[str], k: 
             judge = name.partition("+ranker_")[2] or None
             energy = template_energy_fn(judge) if judge else None
             if energy:
-                energy(refs[:1])  # load CHGNet before timing
+                energy(refs[:1])  # load the judge before timing
                 t0 = time.perf_counter()
             preds = {i: [c.structure for c in idx.propose(CellComposition.of_structure(r), limit=k, novel=novel,
                                                           judge=judge, energy=energy)]

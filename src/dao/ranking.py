@@ -64,9 +64,9 @@ def default_judge() -> str:
     """The judge ``judge="auto"`` means: CHGNet when installed, else "none" (source order). Not the default,
     because CHGNet is an optional extra and costs seconds: with it the CHGNet-aware template ranker took MP-20
     val MR@1 from 62.8 % to 64.8 % (500 rows, bench/bench_templates.py); `dao predict CsV3Sb5` took 6.6 s
-    instead of 3.4 s with the 5-step relaxation, plus about 3 s to load CHGNet. Ordering all candidates by CHGNet energy alone measured worse
-    than the learned template order (43.8 % vs 62.5 % on 16 rows, bench/bench_ranked.py); DAO-P as sole judge
-    25 %."""
+    instead of 3.4 s with the 5-step relaxation (previous flow model), plus about 3 s to load CHGNet.
+    Ordering all candidates by CHGNet energy alone measured worse than the learned template order (43.8 % vs
+    62.5 % on 16 rows, bench/bench_ranked.py); DAO-P as sole judge 25 %."""
     return "chgnet" if importlib.util.find_spec("chgnet") is not None else "none"
 
 
