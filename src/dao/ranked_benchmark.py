@@ -3,7 +3,8 @@ lookup (docs/design.md, 'Ranked prediction').
 
 The template index loses every structure of the split file first (by id and by StructureMatcher, the
 leakage guard of :meth:`dao.templates.TemplateIndex.without`): a template that *is* the answer would make
-the number worthless. Each row's reference cell (the protocol fixes composition and atom count) gets
+the number worthless. ``guard="rows"`` removes only the evaluated rows (the first ``limit``) and their
+StructureMatcher duplicates: the index an evaluation on a held-out test split has, which keeps all of val. Each row's reference cell (the protocol fixes composition and atom count) gets
 :func:`dao.prediction.rank_formula`'s top k (templates and generated candidates of that cell, the judge);
 the naive baseline is the guarded index's electronegativity-order substitution ranked by similarity alone,
 its top k for the reference cell. Both are
@@ -14,23 +15,47 @@ recomputed on a rerun.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from dao.errors import DAOError
 from dao.evaluate import evaluate, load_predictions, load_references, write_report
 from dao.formula import CellComposition
 from dao.models.checkpoint import bundled_generator_for, load_generator
 from dao.ranking import RankOptions
 from dao.runtime import resolve_device
-from dao.structure_io import write_cif
+from dao.structure_io import atomic_write_text, write_cif
 from dao.templates import TemplateIndex
+
+
+#: what the leakage guard removes from the index: the whole split file, or only the evaluated rows
+GUARDS = ("split", "rows")
 
 
 def _done(folder: Path, row: int) -> bool:
     return (folder / f"{row}.done").is_file()
+
+
+def _claim_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Record the run's settings in ``out/settings.json``; a rerun (which reuses the rows written) must
+    have the same ones, else its answers would mix two benchmarks."""
+    path = out / "settings.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise DAOError(f"{path} is corrupt: remove it or use a new --out folder") from None
+        diff = sorted(key for key in settings.keys() | old.keys() if old.get(key) != settings.get(key))
+        if diff:
+            raise DAOError(f"{out} holds a ranked benchmark with other settings ({', '.join(diff)} differ): "
+                           "use a new --out folder")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def _write_row(folder: Path, row: int, structures: list[Any]) -> None:
@@ -46,8 +71,8 @@ def guarded_index(templates: str | Path, references: list[Any], ids: list[str]) 
 
 def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: int | None = None,
                          model: str = "default", seed: int = 0, device: str = "auto",
-                         options: RankOptions | None = None, workers: int = 1, progress: bool = True
-                         ) -> dict[str, Any]:
+                         options: RankOptions | None = None, workers: int = 1, progress: bool = True,
+                         guard: str = "split") -> dict[str, Any]:
     """Score the ranked answer and the naive template baseline on ``split`` (see the module docstring);
     returns ``{"ranked": summary, "naive_template": summary, "seconds_per_composition": ...}``."""
     from dao.prediction import rank_formula
@@ -55,6 +80,10 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
     out = Path(out)
     opts = options or RankOptions()
     refs, ids = load_references(split)
+    if guard not in GUARDS:
+        raise ValueError(f"unknown guard {guard!r}: use one of {', '.join(GUARDS)}")
+    if limit is not None and guard == "rows":
+        refs, ids = refs[:limit], ids[:limit]
     t0 = time.time()
     index = guarded_index(opts.templates or "default", refs, ids)
     guard_seconds = time.time() - t0
@@ -64,6 +93,9 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
     opts = dataclasses.replace(opts, templates=index, novel=True)
     dev = resolve_device(device)
     gen = load_generator(bundled_generator_for("default-flow" if model == "default" else model, None), dev)
+    _claim_settings(out, {"split": str(Path(split).resolve()), "k": k, "limit": limit, "model": str(model),
+                          "seed": seed, "judge": opts.judge, "candidates": opts.candidates, "guard": guard,
+                          "templates": str(options.templates if options else "default")})
     folders = {name: out / name / "predictions" for name in ("ranked", "naive_template")}
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
@@ -78,7 +110,7 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
         _write_row(folders["ranked"], i, ranking.structures[:k])
         _write_row(folders["naive_template"], i, [c.structure for c in naive.propose(cell, limit=k, novel=True)])
     result: dict[str, Any] = {"split": str(split), "rows": len(refs), "k": k, "judge": opts.judge,
-                              "candidates": opts.candidates, "index_entries_after_guard": len(index),
+                              "candidates": opts.candidates, "guard": guard, "index_entries_after_guard": len(index),
                               "guard_seconds": round(guard_seconds, 1),
                               "seconds_per_composition_this_run": round(seconds / max(len(todo), 1), 2)}
     for name, folder in folders.items():

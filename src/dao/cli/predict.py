@@ -135,9 +135,12 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
 @click.option("--templates", default="default", show_default=True, help="With --ranked: the template index.")
 @click.option("--candidates", type=click.IntRange(1, 10000), default=8, show_default=True,
               help="With --ranked: generated candidates per composition.")
+@click.option("--guard", type=click.Choice(["split", "rows"]), default="split", show_default=True,
+              help="With --ranked: remove the whole split from the template index, or only the evaluated rows "
+                   "(--limit) and their duplicates, as a test-split evaluation has all of val in the index.")
 def benchmark(split: Path, model: str, k: int, limit: int | None, out: Path, seed: int, steps: int | None,
               device: str, batch_size: int, workers: int, progress: bool, compile_: bool, ranked: bool, judge: str,
-              templates: str, candidates: int) -> None:
+              templates: str, candidates: int, guard: str) -> None:
     """Generate k structures for every composition of a split, then score them (as `dao evaluate`).
     With --ranked, the ranked answer and the naive-template baseline, each in its own subfolder."""
     from dao.benchmark import run_benchmark
@@ -153,7 +156,7 @@ def benchmark(split: Path, model: str, k: int, limit: int | None, out: Path, see
         with claim_output_dir(out, resume=True):
             r = run_ranked_benchmark(split, out, k, limit, model, seed, device,
                                      RankOptions(judge=judge, templates=templates, candidates=candidates),
-                                     workers, progress)
+                                     workers, progress, guard)
         click.echo(json.dumps(r))
         return
     with claim_output_dir(out, resume=True):  # resumable: reruns continue in their own folder
