@@ -73,6 +73,29 @@ def test_batched_dao_p_potential_equals_the_ase_calculator(tiny_energy_model):
         np.testing.assert_allclose(b.stress, s.stress, atol=1e-9)
 
 
+def test_dao_p_chunks_and_forces_free_energies_agree_with_one_batch(tiny_energy_model):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from dao.potentials import DAOPotential
+    from tests.conftest import small_structures
+
+    structures = list(small_structures().values())
+    atoms = [perturbed(AseAtomsAdaptor.get_atoms(s), seed=i, amplitude=0.05) for i, s in enumerate(structures)]
+    flat = atoms[0].copy()
+    flat.cell[2] = 0.0  # a degenerate cell among good ones: its own error, the others unaffected
+    items = list(enumerate(atoms + [flat]))
+    whole = DAOPotential(tiny_energy_model).compute(items)
+    chunked = DAOPotential(tiny_energy_model, batch_size=2).compute(items)
+    assert isinstance(whole[-1], ValueError) and isinstance(chunked[-1], ValueError)
+    for w, c in zip(whole[:-1], chunked[:-1]):
+        assert c.energy == pytest.approx(w.energy, rel=1e-9, abs=1e-12)
+        np.testing.assert_allclose(c.forces, w.forces, atol=1e-9)
+        np.testing.assert_allclose(c.stress, w.stress, atol=1e-9)
+    per_atom = DAOPotential(tiny_energy_model, batch_size=3).energies(
+        [AseAtomsAdaptor.get_structure(a) for a in atoms])
+    assert per_atom == pytest.approx([w.energy / len(a) for w, a in zip(whole, atoms)], rel=1e-9, abs=1e-12)
+
+
 def test_batched_relaxation_equals_one_by_one():
     from ase.calculators.emt import EMT
 

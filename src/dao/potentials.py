@@ -86,12 +86,16 @@ class DAOPotential:
     Energy, forces = −∂E/∂x and stress = (1/V)·∂E/∂ε by autograd through F = x·L⁻¹ and a symmetric strain
     ε of each cell, evaluated on the Niggli-reduced basis that the model saw in training (chosen once per
     structure key, see :meth:`_op`). :class:`~dao.calculator.DAOCalculator` is this for one structure.
+    ``energies`` gives single points without forces.
     """
 
     energy_unit = "eV/atom (DAO-P predicted energy above hull)"
+    #: structures per forward/backward pass (about 64 crystals per batch is fastest per crystal on a CPU)
+    BATCH = 64
 
     def __init__(self, model: str | os.PathLike | torch.nn.Module = "default", device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None, niggli: bool = True, niggli_tolerance: float = 0.1) -> None:
+                 dtype: torch.dtype | None = None, niggli: bool = True, niggli_tolerance: float = 0.1,
+                 batch_size: int = BATCH) -> None:
         import copy
 
         import torch
@@ -105,6 +109,7 @@ class DAOPotential:
         self.device = torch.device(device)
         self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.niggli, self.niggli_tolerance = niggli, niggli_tolerance
+        self.batch_size = max(1, int(batch_size))
         self.basis: dict[Hashable, NiggliBasis] = {}  # key -> (numbers, cell, M)
 
     def _op(self, key: Hashable, numbers: np.ndarray, cell: np.ndarray) -> np.ndarray:
@@ -122,43 +127,87 @@ class DAOPotential:
         return op
 
     def compute(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult | Exception]:
-        import torch
-
+        """Energy, forces and stress of each structure; one autograd graph per chunk of ``batch_size``
+        structures (one graph for thousands of cells would hold all their activations at once)."""
         out: list[PotentialResult | Exception | None] = [None] * len(items)
         good = []
         for j, (key, a) in enumerate(items):
-            cell = np.asarray(a.cell.array, dtype=np.float64)
-            vol = abs(float(np.linalg.det(cell)))
-            if not (np.isfinite(vol) and vol > 1e-8 and np.isfinite(a.positions).all()):
-                out[j] = ValueError(f"degenerate or non-finite cell (volume {vol:.3g} Å³)")
+            bad = _bad_cell(a)
+            if bad is not None:
+                out[j] = bad
             else:
-                good.append((j, key, a, cell, vol))
-        if not good:
-            return out
+                good.append((j, key, a))
+        for lo in range(0, len(good), self.batch_size):
+            chunk = good[lo:lo + self.batch_size]
+            for (j, _, _), res in zip(chunk, self._compute_chunk([(key, a) for _, key, a in chunk])):
+                out[j] = res
+        return out
+
+    def energies(self, structures: Sequence[Any]) -> list[float | None]:
+        """Single-point energies per atom of pymatgen structures without forces (no backward pass), in chunks
+        of ``batch_size``; None where the cell is degenerate or the model's energy is not finite."""
+        import torch
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms = [AseAtomsAdaptor.get_atoms(st) for st in structures]
+        out: list[float | None] = [None] * len(atoms)
+        good = [j for j, a in enumerate(atoms) if _bad_cell(a) is None]
+        for lo in range(0, len(good), self.batch_size):
+            chunk = good[lo:lo + self.batch_size]
+            with torch.no_grad():
+                batch, _, _ = self._batch([(None, atoms[j]) for j in chunk], requires_grad=False)
+                e = self.model.energy_per_atom(batch)
+            for j, v in zip(chunk, e.cpu().double().tolist()):
+                out[j] = v if np.isfinite(v) else None
+        return out
+
+    def _batch(self, items: Sequence[tuple[Hashable, Atoms]], requires_grad: bool
+               ) -> tuple[CrystalBatch, list[torch.Tensor], torch.Tensor]:
+        """The model's batch of ``items`` on their Niggli-reduced bases (a key of None: not cached), with
+        positions and a symmetric strain per cell as leaves to differentiate when ``requires_grad``."""
+        import torch
+
         kw = {"dtype": self.dtype, "device": self.device}
+        pos = [torch.as_tensor(a.positions, **kw).requires_grad_(requires_grad) for _, a in items]
+        strain = torch.zeros(len(items), 3, 3, **kw).requires_grad_(requires_grad)
+        deform = torch.eye(3, **kw) + 0.5 * (strain + strain.transpose(1, 2))
+        fracs, lattices = [], []
+        for i, (key, a) in enumerate(items):
+            cell = np.asarray(a.cell.array, dtype=np.float64)
+            basis = self._op(key, a.numbers, cell) if key is not None else (
+                niggli_transform(cell) if self.niggli else np.eye(3))
+            reduced = torch.as_tensor(basis, **kw) @ (torch.as_tensor(cell, **kw) @ deform[i])
+            fracs.append((pos[i] @ deform[i]) @ torch.linalg.inv(reduced))
+            lattices.append(reduced)
+        n = torch.tensor([len(a) for _, a in items], device=self.device)
+        batch = CrystalBatch(atom_types=torch.cat([torch.as_tensor(a.numbers, dtype=torch.long) for _, a in items]).to(self.device),
+                             frac=torch.cat(fracs), lattice=torch.stack(lattices), num_atoms=n,
+                             batch=torch.repeat_interleave(torch.arange(len(items), device=self.device), n))
+        return batch, pos, strain
+
+    def _compute_chunk(self, items: Sequence[tuple[Hashable, Atoms]]) -> list[PotentialResult]:
+        import torch
+
         with torch.enable_grad():
-            pos = [torch.as_tensor(a.positions, **kw).requires_grad_(True) for _, _, a, _, _ in good]
-            strain = torch.zeros(len(good), 3, 3, **kw).requires_grad_(True)
-            deform = torch.eye(3, **kw) + 0.5 * (strain + strain.transpose(1, 2))
-            fracs, lattices = [], []
-            for i, (_, key, a, cell, _) in enumerate(good):
-                op = torch.as_tensor(self._op(key, a.numbers, cell), **kw)
-                reduced = op @ (torch.as_tensor(cell, **kw) @ deform[i])
-                fracs.append((pos[i] @ deform[i]) @ torch.linalg.inv(reduced))
-                lattices.append(reduced)
-            n = torch.tensor([len(a) for _, _, a, _, _ in good], device=self.device)
-            batch = CrystalBatch(atom_types=torch.cat([torch.as_tensor(a.numbers, dtype=torch.long) for _, _, a, _, _ in good]).to(self.device),
-                                 frac=torch.cat(fracs), lattice=torch.stack(lattices), num_atoms=n,
-                                 batch=torch.repeat_interleave(torch.arange(len(good), device=self.device), n))
-            energy = self.model.energy_per_atom(batch) * n.to(self.dtype)
+            batch, pos, strain = self._batch(items, requires_grad=True)
+            energy = self.model.energy_per_atom(batch) * batch.num_atoms.to(self.dtype)
             grads = torch.autograd.grad(energy.sum(), [*pos, strain], allow_unused=True)
         g_strain = grads[-1] if grads[-1] is not None else torch.zeros_like(strain)
-        for i, (j, _, a, _, vol) in enumerate(good):
+        out = []
+        for i, (_, a) in enumerate(items):
             gx = grads[i] if grads[i] is not None else torch.zeros_like(pos[i])
-            st = g_strain[i].detach().cpu().double().numpy() / vol
-            out[j] = PotentialResult(float(energy[i].detach()), -gx.detach().cpu().double().numpy(),
-                                     np.array([st[0, 0], st[1, 1], st[2, 2], st[1, 2], st[0, 2], st[0, 1]]))
+            st = g_strain[i].detach().cpu().double().numpy() / abs(float(np.linalg.det(a.cell.array)))
+            out.append(PotentialResult(float(energy[i].detach()), -gx.detach().cpu().double().numpy(),
+                                       np.array([st[0, 0], st[1, 1], st[2, 2], st[1, 2], st[0, 2], st[0, 1]])))
         return out
+
+
+def _bad_cell(a: Atoms) -> Exception | None:
+    """Why a structure cannot be evaluated (a degenerate or non-finite cell or positions), else None."""
+    vol = abs(float(np.linalg.det(np.asarray(a.cell.array, dtype=np.float64))))
+    if not (np.isfinite(vol) and vol > 1e-8 and np.isfinite(a.positions).all()):
+        return ValueError(f"degenerate or non-finite cell (volume {vol:.3g} Å³)")
+    return None
 
 
 class CHGNetPotential:
