@@ -91,14 +91,14 @@ def _pack(xs: list, ys: list, groups: list, extras: list) -> dict[str, np.ndarra
             **{k: np.concatenate([e[k] for e in extras]) for k in keys}}
 
 
-def _write_structures(path: str, structures: list, ys: list, groups: list) -> None:
+def _write_structures(path: str, structures: list, ys: list, groups: list, append: bool) -> None:
     """The labelled candidates as extxyz frames (info: group, label, position in the similarity order), for
-    training a judge on them (tools/train_judge.py)."""
+    training a judge on them (tools/train_judge.py); ``append`` adds targets to the frames already written."""
     from dao.structure_io import write_extxyz
 
     infos = [{"group": int(g[0]), "label": int(lab), "position": j}
              for y, g in zip(ys, groups) for j, lab in enumerate(y)]
-    write_extxyz([s for group in structures for s in group], infos, Path(path))
+    write_extxyz([s for group in structures for s in group], infos, Path(path), append=append)
 
 
 def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str | None = None,
@@ -108,6 +108,14 @@ def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str 
     for i in range(len(index)):
         by_formula.setdefault(reduced_formula_of(index._numbers(i).tolist()), []).append(i)
     xs, ys, groups, extras, kept, t0 = [], [], [], [], [], time.time()
+    written = 0  # targets whose candidates are in the structures file (new ones are appended)
+
+    def flush_structures() -> None:
+        nonlocal written
+        if structures and len(kept) > written:
+            _write_structures(structures, kept[written:], ys[written:], groups[written:], append=written > 0)
+            written = len(kept)
+
     for g, t in enumerate(targets):
         if time.time() - t0 > budget:
             break
@@ -118,10 +126,8 @@ def collect(index: TemplateIndex, targets: list[int], budget: float, cache: str 
             print(json.dumps({"targets_done": g, "seconds": round(time.time() - t0)}), file=sys.stderr, flush=True)
             if cache:  # a partial cache survives an interrupted run (rerun with --features to fit on it)
                 np.savez_compressed(cache, **_pack(xs, ys, groups, extras))
-            if structures:
-                _write_structures(structures, kept, ys, groups)
-    if structures:
-        _write_structures(structures, kept, ys, groups)
+            flush_structures()
+    flush_structures()
     return _pack(xs, ys, groups, extras)
 
 

@@ -131,7 +131,8 @@ def write_cif(structure: Any, path: Path, symprec: float | None = None) -> None:
         CifWriter(structure, symprec=symprec).write_file(str(path))
 
 
-def write_extxyz(structures: Iterable[Any], infos: list[dict], path: Path) -> None:
+def write_extxyz(structures: Iterable[Any], infos: list[dict], path: Path, append: bool = False) -> None:
+    """Structures as extxyz frames with their scalar ``infos``; ``append`` adds them to an existing file."""
     from ase.io import write
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -140,7 +141,7 @@ def write_extxyz(structures: Iterable[Any], infos: list[dict], path: Path) -> No
         atoms = AseAtomsAdaptor.get_atoms(s)
         atoms.info.update({k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))})
         frames.append(atoms)
-    write(str(path), frames, format="extxyz")
+    write(str(path), frames, format="extxyz", append=append)
 
 
 def write_json(obj: Any, path: Path) -> None:
