@@ -3,8 +3,9 @@
 mode, as ``dao benchmark --ranked``), each relaxed under CHGNet (FIRE, cell included, ``--steps`` steps,
 energies kept every ``--every`` steps) and matched to the row's structure by the CSP protocol's matcher
 before and after relaxation. Writes one JSON line per row to ``--out`` (appends; rows already there are
-skipped, so an interrupted run resumes) and, with ``--summarise``, prints the MR@1 of the re-ranking rules of
-:func:`dao.ranking.relaxed_order` over a grid of their settings as one JSON object.
+skipped, so an interrupted run resumes) and, with ``--summarise``, prints as one JSON object the MR@1 of the
+rule "the first candidate gives way to the lowest-energy one of the first k after s steps when that is lower
+by more than δ" over a grid of k, s and δ (:func:`rule_top1`).
 
     DAO_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 python bench/bench_relax_rerank.py --split mp20 \
         --rows 0:500 --out rr_mp20.jsonl
@@ -29,9 +30,10 @@ from dao.ranking import template_energy_fn
 from dao.templates import TemplateIndex
 
 
-def _match(pred, ref_canon) -> bool:
+def matches(pred, ref_canon) -> bool:
+    """Whether a structure or its canonical form matches the canonical reference (CSP protocol matcher)."""
     try:
-        return rms(canonicalize(pred), ref_canon)[0] is not None
+        return rms(pred if hasattr(pred, "comp") else canonicalize(pred), ref_canon)[0] is not None
     except Exception:  # noqa: BLE001 - an unreadable structure does not match
         return False
 
@@ -74,8 +76,8 @@ def label_rows(split: str, start: int, stop: int, out: Path, k: int, steps: int,
                     e_fin = r.record.get("energy_final")
                     rec["candidates"].append({
                         "prior": float(c.prior), "judge_energy": c.info.get("judge_energy"),
-                        "match": _match(c.structure, ref_canon),
-                        "match_relaxed": bool(final is not None and _match(final, ref_canon)),
+                        "match": matches(c.structure, ref_canon),
+                        "match_relaxed": bool(final is not None and matches(final, ref_canon)),
                         "status": r.record.get("status"), "steps": r.record.get("steps"),
                         "energy_final": e_fin if e_fin is not None and math.isfinite(e_fin) else None,
                         "energies": traj})

@@ -18,21 +18,15 @@ from pathlib import Path
 import torch
 
 from _common import data_dir
+from bench_relax_rerank import matches
 from bench_templates import SPLITS
 from dao.data.readers import read_csv
-from dao.evaluate.canon import canonicalize, rms
+from dao.evaluate.canon import canonicalize
 from dao.formula import CellComposition
 from dao.models.checkpoint import bundled_generator_for, load_generator
 from dao.prediction import generated_candidates, sample_formula
 from dao.ranking import validity_flags
 from dao.templates import TemplateIndex
-
-
-def _match(a, b) -> bool:
-    try:
-        return rms(a, b)[0] is not None
-    except Exception:  # noqa: BLE001 - an unreadable structure does not match
-        return False
 
 
 def label_rows(split: str, start: int, stop: int, samples: int, out: Path) -> None:
@@ -55,9 +49,9 @@ def label_rows(split: str, start: int, stop: int, samples: int, out: Path) -> No
             run = sample_formula(cell.formula, samples, atoms=cell.num_atoms, seed=row, model=gen, device="cpu")
             gen_c = [canonicalize(c.structure) for c in generated_candidates(run)
                      if validity_flags(c.structure)["valid"]]
-            fh.write(json.dumps({"row": row, "prior": priors, "label": [_match(c, ref) for c in cands],
-                                 "gen_label": [_match(g, ref) for g in gen_c],
-                                 "votes": [sum(_match(g, c) for g in gen_c) for c in cands]}) + "\n")
+            fh.write(json.dumps({"row": row, "prior": priors, "label": [matches(c, ref) for c in cands],
+                                 "gen_label": [matches(g, ref) for g in gen_c],
+                                 "votes": [sum(matches(g, c) for g in gen_c) for c in cands]}) + "\n")
             fh.flush()
 
 
