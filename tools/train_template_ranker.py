@@ -34,12 +34,28 @@ WEIGHTS = {"mp_20/train": 2.0, "pretrain/mp_20_biternary": 1.0, "pretrain/mp_3ds
            "pretrain/wbm_sample": 0.4, "perov_5/train": 0.3}  # carbon-24 left out: one formula, ~800 polymorphs
 
 
-def _targets(index: TemplateIndex, banned: set[str], n: int, seed: int) -> list[int]:
+#: the drawing weight of a split's rows after the first N (``--draw-rest``), as for MP-20 train
+REST_WEIGHT = 2.0
+
+
+def _split_rows(value: str) -> tuple[str, tuple[int, float]]:
+    """``SPLIT:N[:W]`` → (split, (N, drawing weight W of its other rows, default REST_WEIGHT))."""
+    split, n, *w = value.split(":")
+    try:
+        if split not in EXCLUDE or len(w) > 1:
+            raise ValueError
+        return split, (int(n), float(w[0]) if w else REST_WEIGHT)
+    except ValueError:
+        raise SystemExit(f"--draw-rest wants SPLIT:N[:W] with SPLIT one of {', '.join(EXCLUDE)}, got {value!r}") from None
+
+
+def _targets(index: TemplateIndex, banned: set[str], n: int, seed: int, weights: dict[str, float] = WEIGHTS
+             ) -> list[int]:
     a = index.arrays
     w = np.zeros(len(index))
     for i in range(len(index)):
         src = str(a.sources[a.source[i]])
-        fam = next((v for k, v in WEIGHTS.items() if k in src), 0.0)
+        fam = next((v for k, v in weights.items() if k in src), 0.0)
         if fam and reduced_formula_of(index._numbers(i).tolist()) not in banned:
             w[i] = fam
     rng = np.random.default_rng(seed)
@@ -200,6 +216,10 @@ def main() -> None:
     p.add_argument("--relax-steps", type=int, default=0, help="also record energies after this many FIRE steps")
     p.add_argument("--relax-top", type=int, default=None, help="relax only the first this many candidates")
     p.add_argument("--structures", default=None, help="also write the labelled candidates here (.extxyz)")
+    p.add_argument("--draw-rest", action="append", default=[], metavar="SPLIT:N[:W]",
+                   help="exclude only the first N rows of this excluded split (the rows a benchmark reports) and "
+                        "draw targets from its other rows too, with weight W (default 2, as MP-20 train), e.g. "
+                        "csp/mpts_52/val.csv.gz:300")
     a = p.parse_args()
     import torch
 
@@ -211,21 +231,24 @@ def main() -> None:
             data = {k: z[k] for k in z.files}
     else:
         root = Path(os.environ["DAO_DATA_DIR"])
-        crystals = [c for e in EXCLUDE for c in read_any(root / e)[0]]
+        rest = dict(_split_rows(v) for v in a.draw_rest)
+        crystals = [c for e in EXCLUDE for c in read_any(root / e)[0][:rest.get(e, (None,))[0]]]
         index = TemplateIndex.load(a.index).without(ids=[c.meta["id"] for c in crystals if c.meta.get("id")],
                                                     structures=[c.to_structure() for c in crystals])
         banned = {reduced_formula_of(c.atomic_numbers.tolist()) for c in crystals}
         from dao.potentials import load_potential
 
         judges = {name: load_potential(name) for name in a.energies.split(",") if name}
-        data = collect(index, _targets(index, banned, a.targets, a.seed), a.budget, a.features, judges,
+        weights = {**WEIGHTS, **{e.removeprefix("csp/").removesuffix(".csv.gz"): w for e, (_, w) in rest.items()}}
+        data = collect(index, _targets(index, banned, a.targets, a.seed, weights), a.budget, a.features, judges,
                        a.relax_steps, a.relax_top, a.structures)
         if a.features:
             np.savez_compressed(a.features, **data)
     result = {"candidates": int(len(data["y"])), "targets": int(len(np.unique(data["group"]))),
               "positives": int(data["y"].sum()), **split_eval(data, a.seed)}
     if a.out:
-        meta = json.dumps({"command": " ".join(sys.argv), "excluded": list(EXCLUDE), **result})
+        meta = json.dumps({"command": " ".join(sys.argv), "excluded": list(EXCLUDE),
+                           "drawn_from_rest": a.draw_rest, **result})
         TemplateRanker.fit(data["x"], data["y"], groups=data["group"], meta=meta).save(a.out)
     print(json.dumps(result, indent=1))
 
