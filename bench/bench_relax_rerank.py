@@ -38,12 +38,8 @@ def matches(pred, ref_canon) -> bool:
         return False
 
 
-def label_rows(split: str, start: int, stop: int, out: Path, k: int, steps: int, every: int) -> None:
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from dao.potentials import load_potential
-    from dao.relaxation import relax_batch
-
+def resume_and_guard(split: str, out: Path) -> tuple[set[int], list, TemplateIndex]:
+    """The rows already in ``out``, the split's structures and the bundled index minus the whole split."""
     done = set()
     if out.exists():
         done = {json.loads(line)["row"] for line in out.read_text().splitlines() if line.strip()}
@@ -51,6 +47,16 @@ def label_rows(split: str, start: int, stop: int, out: Path, k: int, steps: int,
     everything = [c.to_structure() for c in crystals]
     index = TemplateIndex.load("default").without(ids=[c.meta["id"] for c in crystals if c.meta.get("id")],
                                                   structures=everything)
+    return done, everything, index
+
+
+def label_rows(split: str, start: int, stop: int, out: Path, k: int, steps: int, every: int) -> None:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from dao.potentials import load_potential
+    from dao.relaxation import relax_batch
+
+    done, everything, index = resume_and_guard(split, out)
     idx = _variant(index, "en_radius+ranker_chgnet")
     energy = template_energy_fn("chgnet")
     potential = load_potential("chgnet")

@@ -17,26 +17,17 @@ from pathlib import Path
 
 import torch
 
-from _common import data_dir
-from bench_relax_rerank import matches
+from bench_relax_rerank import matches, resume_and_guard
 from bench_templates import SPLITS
-from dao.data.readers import read_csv
 from dao.evaluate.canon import canonicalize
 from dao.formula import CellComposition
 from dao.models.checkpoint import bundled_generator_for, load_generator
 from dao.prediction import generated_candidates, sample_formula
 from dao.ranking import validity_flags
-from dao.templates import TemplateIndex
 
 
 def label_rows(split: str, start: int, stop: int, samples: int, out: Path) -> None:
-    done = set()
-    if out.exists():
-        done = {json.loads(line)["row"] for line in out.read_text().splitlines() if line.strip()}
-    crystals, _ = read_csv(data_dir() / SPLITS[split])
-    everything = [c.to_structure() for c in crystals]
-    index = TemplateIndex.load("default").without(ids=[c.meta["id"] for c in crystals if c.meta.get("id")],
-                                                  structures=everything)
+    done, everything, index = resume_and_guard(split, out)
     gen = load_generator(bundled_generator_for("default-flow", None), torch.device("cpu"))
     with out.open("a") as fh:
         for row in range(start, min(stop, len(everything))):
