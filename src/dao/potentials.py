@@ -114,9 +114,12 @@ class DAOPotential:
 
     def _op(self, key: Hashable, numbers: np.ndarray, cell: np.ndarray) -> np.ndarray:
         """The integer basis change to the Niggli-reduced cell, kept per key while the atoms stay the same
-        and the cell within ``niggli_tolerance`` (relative) of the cell it was computed for."""
+        and the cell within ``niggli_tolerance`` (relative) of the cell it was computed for (a key of None:
+        computed, not kept)."""
         if not self.niggli:
             return np.eye(3)
+        if key is None:  # not kept (single points)
+            return niggli_transform(cell)
         got = self.basis.get(key)
         if got is not None:
             nums, ref, op = got
@@ -174,9 +177,8 @@ class DAOPotential:
         fracs, lattices = [], []
         for i, (key, a) in enumerate(items):
             cell = np.asarray(a.cell.array, dtype=np.float64)
-            basis = self._op(key, a.numbers, cell) if key is not None else (
-                niggli_transform(cell) if self.niggli else np.eye(3))
-            reduced = torch.as_tensor(basis, **kw) @ (torch.as_tensor(cell, **kw) @ deform[i])
+            basis = torch.as_tensor(self._op(key, a.numbers, cell), **kw)
+            reduced = basis @ (torch.as_tensor(cell, **kw) @ deform[i])
             fracs.append((pos[i] @ deform[i]) @ torch.linalg.inv(reduced))
             lattices.append(reduced)
         n = torch.tensor([len(a) for _, a in items], device=self.device)

@@ -4,7 +4,8 @@ lookup (docs/design.md, 'Ranked prediction').
 The template index loses every structure of the split file first (by id and by StructureMatcher, the
 leakage guard of :meth:`dao.templates.TemplateIndex.without`): a template that *is* the answer would make
 the number worthless. ``guard="rows"`` removes only the evaluated rows (the first ``limit``) and their
-StructureMatcher duplicates: the index an evaluation on a held-out test split has, which keeps all of val. Each row's reference cell (the protocol fixes composition and atom count) gets
+StructureMatcher duplicates: the index an evaluation on a held-out test split has, which keeps all of val.
+Each row's reference cell (the protocol fixes composition and atom count) gets
 :func:`dao.prediction.rank_formula`'s top k (templates and generated candidates of that cell, the judge);
 the naive baseline is the guarded index's electronegativity-order substitution ranked by similarity alone,
 its top k for the reference cell. Both are
@@ -79,13 +80,15 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
 
     out = Path(out)
     opts = options or RankOptions()
-    refs, ids = load_references(split)
     if guard not in GUARDS:
-        raise ValueError(f"unknown guard {guard!r}: use one of {', '.join(GUARDS)}")
-    if limit is not None and guard == "rows":
-        refs, ids = refs[:limit], ids[:limit]
+        raise DAOError(f"unknown guard {guard!r}: use one of {', '.join(GUARDS)}")
+    _claim_settings(out, {"split": str(Path(split).resolve()), "k": k, "limit": limit, "model": str(model),
+                          "seed": seed, "judge": opts.judge, "candidates": opts.candidates, "guard": guard,
+                          "templates": str(opts.templates)})
+    refs, ids = load_references(split)
     t0 = time.time()
-    index = guarded_index(opts.templates or "default", refs, ids)
+    removed = slice(limit) if guard == "rows" else slice(None)  # the evaluated rows, or the whole split
+    index = guarded_index(opts.templates or "default", refs[removed], ids[removed])
     guard_seconds = time.time() - t0
     if limit is not None:
         refs, ids = refs[:limit], ids[:limit]
@@ -93,9 +96,6 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
     opts = dataclasses.replace(opts, templates=index, novel=True)
     dev = resolve_device(device)
     gen = load_generator(bundled_generator_for("default-flow" if model == "default" else model, None), dev)
-    _claim_settings(out, {"split": str(Path(split).resolve()), "k": k, "limit": limit, "model": str(model),
-                          "seed": seed, "judge": opts.judge, "candidates": opts.candidates, "guard": guard,
-                          "templates": str(options.templates if options else "default")})
     folders = {name: out / name / "predictions" for name in ("ranked", "naive_template")}
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
