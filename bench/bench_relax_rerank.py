@@ -38,15 +38,16 @@ def matches(pred, ref_canon) -> bool:
         return False
 
 
-def resume_and_guard(split: str, out: Path) -> tuple[set[int], list, TemplateIndex]:
-    """The rows already in ``out``, the split's structures and the bundled index minus the whole split."""
+def resume_and_guard(split: str, out: Path, rows: slice = slice(None)) -> tuple[set[int], list, TemplateIndex]:
+    """The rows already in ``out``, the split's structures and the bundled index minus the split's ``rows``
+    (default: the whole split; the evaluated rows only is the test-like guard, ``--guard rows``)."""
     done = set()
     if out.exists():
         done = {json.loads(line)["row"] for line in out.read_text().splitlines() if line.strip()}
     crystals, _ = read_csv(data_dir() / SPLITS[split])
     everything = [c.to_structure() for c in crystals]
-    index = TemplateIndex.load("default").without(ids=[c.meta["id"] for c in crystals if c.meta.get("id")],
-                                                  structures=everything)
+    index = TemplateIndex.load("default").without(ids=[c.meta["id"] for c in crystals[rows] if c.meta.get("id")],
+                                                  structures=everything[rows])
     return done, everything, index
 
 

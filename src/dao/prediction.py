@@ -67,24 +67,56 @@ def finalize_structure(atomic_numbers: np.ndarray, frac: np.ndarray, lattice: np
     return s, None
 
 
+def _sample_jobs(model: DAOGenerator, jobs: Sequence[tuple[CellComposition, int, Any]], seed: int,
+                 batch_size: int, start: float | None = None, **sample_kw: Any) -> list[Sample]:
+    """Run ``model.sample`` over ``jobs`` (cell, index, starting crystal or None) in batches; one random
+    stream for the whole run, so a seed reproduces every sample."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    samples: list[Sample] = []
+    for first in range(0, len(jobs), batch_size):
+        chunk = jobs[first:first + batch_size]
+        if start is None:
+            template = CrystalBatch.from_compositions([c.atomic_numbers() for c, _, _ in chunk], device=device)
+        else:
+            template = CrystalBatch.from_crystals([x for _, _, x in chunk]).to(device)
+        out = model.sample(template, generator=gen, start=start, **sample_kw).crystals()
+        for (cell, i, _), cr in zip(chunk, out):
+            st, err = finalize_structure(cr.atomic_numbers, cr.frac_coords, cr.lattice)
+            samples.append(Sample(cell, i, st, err))
+    return samples
+
+
 def generate(model: DAOGenerator, cells: Sequence[CellComposition], n: int, seed: int = 0,
              steps: int | None = None, batch_size: int = 64, guidance: Sequence[GuidanceTerm] = (),
              progress: bool = False, step_lr: float | None = None) -> list[Sample]:
     """Sample ``n`` structures for each cell with a loaded generator, in batches of ``batch_size``
     (``step_lr``: the diffusion corrector step size; default: the model's)."""
-    device = next(model.parameters()).device
-    jobs = [(cell, i) for cell in cells for i in range(n)]
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    samples: list[Sample] = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        template = CrystalBatch.from_compositions([c.atomic_numbers() for c, _ in chunk], device=device)
-        out = model.sample(template, num_steps=steps, guidance=guidance, generator=gen,
-                           progress=progress, step_lr=step_lr).crystals()
-        for (cell, i), cr in zip(chunk, out):
-            s, err = finalize_structure(cr.atomic_numbers, cr.frac_coords, cr.lattice)
-            samples.append(Sample(cell, i, s, err))
-    return samples
+    jobs = [(cell, i, None) for cell in cells for i in range(n)]
+    return _sample_jobs(model, jobs, seed, batch_size, num_steps=steps, guidance=guidance, progress=progress,
+                        step_lr=step_lr)
+
+
+def refine(model: DAOGenerator, structures: Sequence[Structure], strength: float, n: int = 1, seed: int = 0,
+           steps: int | None = None, batch_size: int = 64) -> list[Sample]:
+    """``n`` refinements of each structure: noised to time ``strength`` ∈ (0, 1] of the generator's
+    process, then denoised over the last ≈ strength·steps steps (img2img / SDEdit; strength 1 is plain
+    sampling of the cell). Samples come per structure, ``n`` each, in order; a structure's cell keeps
+    its atoms (its Niggli cell in the model's orientation)."""
+    from dao.crystal import Crystal
+    from dao.diffusion.base import check_start
+
+    try:
+        strength = check_start(strength)
+    except ValueError as exc:
+        raise DAOError(f"refinement strength: {exc}") from None
+    jobs = []
+    for st in structures:
+        cell, crystal = CellComposition.of_structure(st), Crystal.from_structure(st)
+        jobs += [(cell, i, crystal) for i in range(n)]
+    if not jobs:
+        return []
+    return _sample_jobs(model, jobs, seed, batch_size, start=strength, num_steps=steps)
 
 
 def guidance_for(gen_model: DAOGenerator, energy_model: str | Path | DAOEnergyModel | None,

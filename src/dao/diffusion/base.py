@@ -104,8 +104,14 @@ class Process(ABC):
         """The starting state: ``template`` with noise coordinates and lattice."""
 
     @abstractmethod
-    def schedule(self, num_steps: int, template: CrystalBatch) -> Sequence[Any]:
-        """The reverse-time grid: one opaque entry per :meth:`step`."""
+    def schedule(self, num_steps: int, template: CrystalBatch, start: float = 1.0) -> Sequence[Any]:
+        """The reverse-time grid: one opaque entry per :meth:`step`. ``start`` < 1 is the part of the grid
+        from time ``start`` on, ≈ ``start·num_steps`` entries (a run that begins at :meth:`add_noise`)."""
+
+    def add_noise(self, clean: CrystalBatch, t: float, rng: NoiseSource) -> CrystalBatch:
+        """``clean`` corrupted to time t ∈ (0, 1] (1 = the prior): the state a run that refines a given
+        structure starts from, before ``schedule(num_steps, clean, start=t)``."""
+        raise NotImplementedError(f"the {self.method} process cannot start from a given structure")
 
     @abstractmethod
     def step(self, network: Network, guide: Callable[[CrystalBatch, Prediction, Any], Prediction],
@@ -120,6 +126,14 @@ class Process(ABC):
     def compatible_energy_time(self, energy_process: Process | None) -> str | None:
         """None if a DAO-P trained with ``energy_process`` can guide this process, else the reason."""
         return None
+
+
+def check_start(start: float) -> float:
+    """A run's start time as a float in (0, 1]; ValueError otherwise."""
+    start = float(start)
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"a sampling run starts at a time in (0, 1], got {start}")
+    return start
 
 
 def uniform_prior(template: CrystalBatch, rng: NoiseSource) -> CrystalBatch:

@@ -22,7 +22,7 @@ import torch
 
 from dao.crystal import CrystalBatch
 from dao.diffusion.base import (GuidancePoint, Network, NoiseSource, Prediction, Process, TrainingSample,
-                                uniform_prior)
+                                check_start, uniform_prior)
 from dao.diffusion.processes import DiffusionConfig, LatticeDDPM, WrappedNormalCoords
 from dao.errors import DAOError
 
@@ -31,10 +31,12 @@ STEP_LR_BY_DATASET = {"mp_20": 1e-5, "mpts_52": 1e-5, "perov_5": 5e-7, "carbon_2
 _DATASET_NAME = re.compile(r"^(mp_?20|mpts_?52|perov_?5|carbon_?24)$")
 
 
-def timesteps(num_train_steps: int, num_sample_steps: int | None) -> list[int]:
-    """Descending integer times from T to 1, evenly respaced to ``num_sample_steps`` (always ending at 0)."""
-    n = num_train_steps if not num_sample_steps else min(num_sample_steps, num_train_steps)
-    return torch.linspace(num_train_steps, 1, n).round().long().unique().flip(0).tolist()
+def timesteps(num_train_steps: int, num_sample_steps: int | None, first: int | None = None) -> list[int]:
+    """Descending integer times from ``first`` (default T) to 1, evenly respaced to ``num_sample_steps``
+    (the sampler's last step always ends at 0)."""
+    first = num_train_steps if first is None else first
+    n = first if not num_sample_steps else min(num_sample_steps, first)
+    return torch.linspace(first, 1, n).round().long().unique().flip(0).tolist()
 
 
 def dataset_of(paths: Sequence[str | Path]) -> str | None:
@@ -103,13 +105,28 @@ class DiffusionProcess(Process):
     def prior(self, template: CrystalBatch, rng: NoiseSource) -> CrystalBatch:
         return uniform_prior(template, rng)
 
-    def schedule(self, num_steps: int, template: CrystalBatch) -> list[DiffusionStep]:
+    def _first_step(self, start: float) -> int:
+        """The integer time a run starting at continuous time ``start`` begins at (1..T)."""
         T = self.config.num_steps
-        ts = timesteps(T, num_steps)
+        return min(T, max(1, round(check_start(start) * T)))
+
+    def add_noise(self, clean: CrystalBatch, t: float, rng: NoiseSource) -> CrystalBatch:
+        """q(x_t | x_0) at the integer time nearest t·T: the cosine-DDPM lattice and wrapped-normal
+        coordinates of training."""
+        first = self._first_step(t)
+        times = torch.full((clean.num_crystals,), first, dtype=torch.long, device=clean.frac.device)
+        lat_t, _ = self.lattice.add_noise(clean.lattice, times, rng.randn(clean.num_crystals, 3, 3))
+        frac_t, _ = self.coords.add_noise(clean.frac, times[clean.batch], rng.randn(clean.frac.shape[0], 3))
+        return clean.replace(frac=frac_t, lattice=lat_t)
+
+    def schedule(self, num_steps: int, template: CrystalBatch, start: float = 1.0) -> list[DiffusionStep]:
+        T = self.config.num_steps
+        first = self._first_step(start)
+        ts = timesteps(T, max(1, math.ceil(num_steps * first / T - 1e-9)), first=first)
         # respaced schedules clip the predicted clean lattice: no entry beyond 4× the edge of a cube of
         # 30 Å³ per atom (≈ 64× a typical volume; the full schedule is left exactly as trained)
         clip = None
-        if len(ts) < T:
+        if len(ts) < first:
             clip = 4.0 * (30.0 * template.num_atoms.to(template.frac.device).double()) ** (1 / 3)
         return [DiffusionStep(t, ts[i + 1] if i + 1 < len(ts) else 0, clip) for i, t in enumerate(ts)]
 

@@ -15,6 +15,7 @@ clean regime it knows; the flow's intermediate states are not diffusion noise le
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -23,7 +24,7 @@ import torch
 from dao.config import Config
 from dao.crystal import CrystalBatch
 from dao.diffusion.base import (GuidancePoint, Network, NoiseSource, Prediction, Process, TrainingSample,
-                                uniform_prior)
+                                check_start, uniform_prior)
 from dao.errors import ConfigError
 
 INTEGRATORS = ("euler", "heun")
@@ -83,11 +84,13 @@ def advance(state: CrystalBatch, velocity: Prediction, dt: float | torch.Tensor)
 
 @dataclass(frozen=True)
 class FlowStep:
-    """One ODE step from τ to τ + dt; ``last`` marks the final step (Heun falls back to Euler there)."""
+    """One ODE step from τ to τ + dt; ``last`` marks the final step (Heun falls back to Euler there);
+    ``anneal``: whether velocity annealing applies (runs from the prior only)."""
 
     tau: float
     dt: float
     last: bool
+    anneal: bool = True
 
 
 class FlowMatchingProcess(Process):
@@ -121,16 +124,30 @@ class FlowMatchingProcess(Process):
     def prior(self, template: CrystalBatch, rng: NoiseSource) -> CrystalBatch:
         return uniform_prior(template, rng)
 
-    def schedule(self, num_steps: int, template: CrystalBatch) -> list[FlowStep]:
-        dt = 1.0 / num_steps
-        return [FlowStep(i * dt, dt, i + 1 == num_steps) for i in range(num_steps)]
+    def add_noise(self, clean: CrystalBatch, t: float, rng: NoiseSource) -> CrystalBatch:
+        """The straight-line path at τ = 1 − t from a prior sample to ``clean``."""
+        base = uniform_prior(clean, rng)
+        tau = torch.full((clean.num_crystals,), 1.0 - check_start(t), device=clean.frac.device)
+        frac_t, lat_t, _, _ = interpolate(clean, tau, base.frac, base.lattice)
+        return clean.replace(frac=frac_t, lattice=lat_t)
+
+    def schedule(self, num_steps: int, template: CrystalBatch, start: float = 1.0) -> list[FlowStep]:
+        """Equal steps from τ = 1 − start to 1: ``num_steps`` over the whole path, ⌈start·num_steps⌉ from a
+        later start."""
+        start = check_start(start)
+        n = max(1, math.ceil(start * num_steps - 1e-9))
+        dt, tau0 = start / n, 1.0 - start
+        # velocity annealing multiplies the coordinate velocity by up to 1 + slope: a correction for runs
+        # from noise, an overshoot of (1 + slope·τ)× the residual for a run refining a nearly clean input
+        anneal = start >= 1.0
+        return [FlowStep(tau0 + i * dt, dt, i + 1 == n, anneal) for i in range(n)]
 
     def _velocity(self, network: Network, guide: Callable, state: CrystalBatch, tau: float,
                   entry: FlowStep) -> Prediction:
         t_net = torch.full((state.num_crystals,), 1.0 - tau, device=state.frac.device)
-        v = guide(state, Prediction(*network(state, t_net)), FlowStep(tau, entry.dt, entry.last))
+        v = guide(state, Prediction(*network(state, t_net)), FlowStep(tau, entry.dt, entry.last, entry.anneal))
         slope = self.config.coord_velocity_slope
-        if slope:  # velocity annealing: dF/dτ = (1 + slope·τ)·v_F
+        if slope and entry.anneal:  # velocity annealing: dF/dτ = (1 + slope·τ)·v_F
             v = Prediction(v.lattice, v.coord * (1.0 + slope * tau))
         return v
 

@@ -133,8 +133,9 @@ class DAOGenerator(nn.Module):
 
     def sample(self, template: CrystalBatch, num_steps: int | None = None, guidance: Sequence[GuidanceTerm] = (),
                generator: torch.Generator | None = None, progress: bool = False,
-               step_lr: float | None = None) -> CrystalBatch:
-        """Generate (F, L) for the atom types of ``template`` (see :func:`dao.diffusion.sampler.sample`).
+               step_lr: float | None = None, start: float | None = None) -> CrystalBatch:
+        """Generate (F, L) for the atom types of ``template`` (see :func:`dao.diffusion.sampler.sample`), or
+        with ``start`` in (0, 1) refine the structures of ``template`` from that noise level.
         ``step_lr``: the diffusion corrector's step size for this call (default: the config's)."""
         process = self.process if step_lr is None else with_step_lr(self.process, step_lr)
         was_training = self.training
@@ -143,6 +144,6 @@ class DAOGenerator(nn.Module):
             context = torch.no_grad() if guidance else torch.inference_mode()
             with context:  # guidance needs autograd inside its terms; unguided sampling needs none at all
                 return sample(process, self.network, template, num_steps=num_steps, guidance=guidance,
-                              generator=generator, progress=progress)
+                              generator=generator, progress=progress, start=start)
         finally:
             self.train(was_training)
