@@ -22,6 +22,7 @@ import torch
 
 from bench_relax_rerank import matches, resume_and_guard
 from bench_templates import SPLITS
+from dao.constants import TEMPLATE_GUARDS
 from dao.evaluate.canon import canonicalize
 from dao.formula import CellComposition
 from dao.models.checkpoint import bundled_generator_for, load_generator
@@ -74,7 +75,7 @@ def main() -> None:
     p.add_argument("--rows", default="500:933", help="start:stop of the split's rows")
     p.add_argument("--k", type=int, default=5, help="template candidates refined per row")
     p.add_argument("--strengths", default="0.3,0.15,0.05", help="comma-separated refinement strengths in (0, 1]")
-    p.add_argument("--guard", choices=("split", "rows"), default="split")
+    p.add_argument("--guard", choices=TEMPLATE_GUARDS, default="split")
     p.add_argument("--out", type=Path)
     p.add_argument("--summarise", type=Path, nargs="*")
     a = p.parse_args()

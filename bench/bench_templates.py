@@ -19,6 +19,7 @@ import time
 import torch
 
 from _common import data_dir
+from dao.constants import TEMPLATE_GUARDS
 from dao.data.readers import read_csv
 from dao.evaluate import evaluate
 from dao.formula import CellComposition
@@ -93,7 +94,7 @@ def main() -> None:
     p.add_argument("--template-volume", action="store_true",
                    help="also score the last variant with the template's own volume (no Σr³ rescaling)")
     p.add_argument("--known", action="store_true", help="propose the known structures of a composition first")
-    p.add_argument("--guard", choices=("split", "rows"), default="split",
+    p.add_argument("--guard", choices=TEMPLATE_GUARDS, default="split",
                    help="remove the whole split from the index (default) or only the evaluated rows (and their "
                         "StructureMatcher duplicates): the index a test-split evaluation has, which holds all of val")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))

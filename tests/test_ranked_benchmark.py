@@ -66,3 +66,8 @@ def test_guard_rows_keeps_the_rest_of_the_split_and_a_rerun_must_keep_its_settin
         run_ranked_benchmark(split, tmp_path / "rows", 2, 1, "default-flow", 0, "cpu",
                              RankOptions(templates=str(tmp_path / "index.npz"), candidates=1), progress=False,
                              guard="split")
+    (tmp_path / "rows" / "settings.json").unlink()  # a folder an older DAO wrote: rows but no settings
+    with pytest.raises(DAOError, match="without a settings.json"):
+        run_ranked_benchmark(split, tmp_path / "rows", 2, 1, "default-flow", 0, "cpu",
+                             RankOptions(templates=str(tmp_path / "index.npz"), candidates=1), progress=False,
+                             guard="rows")

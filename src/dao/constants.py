@@ -21,3 +21,6 @@ MAX_CELL_LENGTH = 1.0e3
 #: atoms of an input structure (energy, relax, predict-property, training data) closer than this (Å, periodic
 #: images included) make it unphysical and it is refused; generated structures are flagged (MIN_DISTANCE) instead
 MIN_INPUT_DISTANCE = 0.1
+#: what the ranked benchmark's leakage guard removes from the template index: the whole split file, or only the
+#: evaluated rows (the index a held-out test evaluation has)
+TEMPLATE_GUARDS = ("split", "rows")

@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from dao.constants import TEMPLATE_GUARDS
 from dao.errors import DAOError
 from dao.evaluate import evaluate, load_predictions, load_references, write_report
 from dao.formula import CellComposition
@@ -33,8 +34,6 @@ from dao.structure_io import atomic_write_text, write_cif
 from dao.templates import TemplateIndex
 
 
-#: what the leakage guard removes from the index: the whole split file, or only the evaluated rows
-GUARDS = ("split", "rows")
 
 
 def _done(folder: Path, row: int) -> bool:
@@ -45,6 +44,10 @@ def _claim_settings(out: Path, settings: dict[str, Any]) -> None:
     """Record the run's settings in ``out/settings.json``; a rerun (which reuses the rows written) must
     have the same ones, else its answers would mix two benchmarks."""
     path = out / "settings.json"
+    written = [f for name in ("ranked", "naive_template") for f in (out / name / "predictions").glob("*.done")]
+    if written and not path.is_file():
+        raise DAOError(f"{out} holds ranked benchmark rows without a settings.json (an older DAO wrote it): "
+                       "use a new --out folder")
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -80,8 +83,8 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
 
     out = Path(out)
     opts = options or RankOptions()
-    if guard not in GUARDS:
-        raise DAOError(f"unknown guard {guard!r}: use one of {', '.join(GUARDS)}")
+    if guard not in TEMPLATE_GUARDS:
+        raise DAOError(f"unknown guard {guard!r}: use one of {', '.join(TEMPLATE_GUARDS)}")
     _claim_settings(out, {"split": str(Path(split).resolve()), "k": k, "limit": limit, "model": str(model),
                           "seed": seed, "judge": opts.judge, "candidates": opts.candidates, "guard": guard,
                           "templates": str(opts.templates)})

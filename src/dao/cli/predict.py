@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dao.cli.options import DEVICE, METHOD, OVERWRITE, SEED
+from dao.constants import TEMPLATE_GUARDS
 from dao.errors import DAOError
 
 
@@ -135,7 +136,7 @@ def predict(formula: str, n: int, rank: bool, judge: str, templates: str, candid
 @click.option("--templates", default="default", show_default=True, help="With --ranked: the template index.")
 @click.option("--candidates", type=click.IntRange(1, 10000), default=8, show_default=True,
               help="With --ranked: generated candidates per composition.")
-@click.option("--guard", type=click.Choice(["split", "rows"]), default="split", show_default=True,
+@click.option("--guard", type=click.Choice(TEMPLATE_GUARDS), default="split", show_default=True,
               help="With --ranked: remove the whole split from the template index, or only the evaluated rows "
                    "(--limit) and their duplicates, as a test-split evaluation has all of val in the index.")
 def benchmark(split: Path, model: str, k: int, limit: int | None, out: Path, seed: int, steps: int | None,
