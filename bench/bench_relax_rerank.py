@@ -135,22 +135,39 @@ def summarise(paths: list[Path], every: int) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def row_bench_parser(doc: str, rows: str) -> argparse.ArgumentParser:
+    """The options of every per-row bench (this one, bench_sample_votes, bench_template_refine)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--split", choices=sorted(SPLITS), default="mp20")
-    p.add_argument("--rows", default="0:500", help="start:stop of the split's rows")
+    p.add_argument("--rows", default=rows, help="start:stop of the split's rows")
     p.add_argument("--out", type=Path, help="JSON-lines file to append the labelled rows to")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--every", type=int, default=5)
     p.add_argument("--summarise", type=Path, nargs="*", help="JSON-lines files to score instead of labelling")
+    return p
+
+
+def parse_row_bench(p: argparse.ArgumentParser, summarise) -> tuple[argparse.Namespace, int, int] | None:
+    """Parse the options (one torch thread); with --summarise print ``summarise(paths)`` as JSON and return
+    None, else (options, first row, stop row)."""
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.summarise:
-        print(json.dumps(summarise(a.summarise, a.every), indent=1))
-        return
+        print(json.dumps(summarise(a.summarise), indent=1))
+        return None
+    if a.out is None:
+        p.error("--out is required unless --summarise")
     start, stop = (int(x) for x in a.rows.split(":"))
-    label_rows(a.split, start, stop, a.out, a.k, a.steps, a.every)
+    return a, start, stop
+
+
+def main() -> None:
+    p = row_bench_parser(__doc__, "0:500")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--every", type=int, default=5)
+    parsed = parse_row_bench(p, lambda paths: summarise(paths, p.parse_args().every))
+    if parsed:
+        a, start, stop = parsed
+        label_rows(a.split, start, stop, a.out, a.k, a.steps, a.every)
 
 
 if __name__ == "__main__":

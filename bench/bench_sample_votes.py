@@ -10,15 +10,13 @@ JSON, MR@1 of the learned order with ``λ·log(1 + votes)`` added to each candid
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
 
-from bench_relax_rerank import matches, resume_and_guard
-from bench_templates import SPLITS
+from bench_relax_rerank import matches, parse_row_bench, resume_and_guard, row_bench_parser
 from dao.evaluate.canon import canonicalize
 from dao.formula import CellComposition
 from dao.models.checkpoint import bundled_generator_for, load_generator
@@ -62,19 +60,12 @@ def summarise(paths: list[Path]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--split", choices=sorted(SPLITS), default="mp20")
-    p.add_argument("--rows", default="500:933", help="start:stop of the split's rows")
+    p = row_bench_parser(__doc__, "500:933")
     p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--summarise", type=Path, nargs="*")
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    if a.summarise:
-        print(json.dumps(summarise(a.summarise), indent=1))
-        return
-    start, stop = (int(x) for x in a.rows.split(":"))
-    label_rows(a.split, start, stop, a.samples, a.out)
+    parsed = parse_row_bench(p, summarise)
+    if parsed:
+        a, start, stop = parsed
+        label_rows(a.split, start, stop, a.samples, a.out)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ rows it gains and loses against plain substitution, and the rows with a right on
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from bench_relax_rerank import matches, resume_and_guard
-from bench_templates import SPLITS
+from bench_relax_rerank import matches, parse_row_bench, resume_and_guard, row_bench_parser
 from dao.constants import TEMPLATE_GUARDS
 from dao.evaluate.canon import canonicalize
 from dao.formula import CellComposition
@@ -70,23 +68,14 @@ def summarise(paths: list[Path]) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--split", choices=sorted(SPLITS), default="mp20")
-    p.add_argument("--rows", default="500:933", help="start:stop of the split's rows")
+    p = row_bench_parser(__doc__, "500:933")
     p.add_argument("--k", type=int, default=5, help="template candidates refined per row")
     p.add_argument("--strengths", default="0.3,0.15,0.05", help="comma-separated refinement strengths in (0, 1]")
     p.add_argument("--guard", choices=TEMPLATE_GUARDS, default="split")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--summarise", type=Path, nargs="*")
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    if a.summarise:
-        print(json.dumps(summarise(a.summarise), indent=1))
-        return
-    if a.out is None:
-        p.error("--out is required unless --summarise")
-    start, stop = (int(x) for x in a.rows.split(":"))
-    label_rows(a.split, start, stop, a.k, [float(x) for x in a.strengths.split(",")], a.guard, a.out)
+    parsed = parse_row_bench(p, summarise)
+    if parsed:
+        a, start, stop = parsed
+        label_rows(a.split, start, stop, a.k, [float(x) for x in a.strengths.split(",")], a.guard, a.out)
 
 
 if __name__ == "__main__":
