@@ -146,12 +146,12 @@ def row_bench_parser(doc: str, rows: str) -> argparse.ArgumentParser:
 
 
 def parse_row_bench(p: argparse.ArgumentParser, summarise) -> tuple[argparse.Namespace, int, int] | None:
-    """Parse the options (one torch thread); with --summarise print ``summarise(paths)`` as JSON and return
+    """Parse the options (one torch thread); with --summarise print ``summarise(options)`` as JSON and return
     None, else (options, first row, stop row)."""
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.summarise:
-        print(json.dumps(summarise(a.summarise), indent=1))
+        print(json.dumps(summarise(a), indent=1))
         return None
     if a.out is None:
         p.error("--out is required unless --summarise")
@@ -164,7 +164,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--every", type=int, default=5)
-    parsed = parse_row_bench(p, lambda paths: summarise(paths, p.parse_args().every))
+    parsed = parse_row_bench(p, lambda a: summarise(a.summarise, a.every))
     if parsed:
         a, start, stop = parsed
         label_rows(a.split, start, stop, a.out, a.k, a.steps, a.every)

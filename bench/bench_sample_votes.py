@@ -62,7 +62,7 @@ def summarise(paths: list[Path]) -> dict:
 def main() -> None:
     p = row_bench_parser(__doc__, "500:933")
     p.add_argument("--samples", type=int, default=16)
-    parsed = parse_row_bench(p, summarise)
+    parsed = parse_row_bench(p, lambda a: summarise(a.summarise))
     if parsed:
         a, start, stop = parsed
         label_rows(a.split, start, stop, a.samples, a.out)

@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=5, help="template candidates refined per row")
     p.add_argument("--strengths", default="0.3,0.15,0.05", help="comma-separated refinement strengths in (0, 1]")
     p.add_argument("--guard", choices=TEMPLATE_GUARDS, default="split")
-    parsed = parse_row_bench(p, summarise)
+    parsed = parse_row_bench(p, lambda a: summarise(a.summarise))
     if parsed:
         a, start, stop = parsed
         label_rows(a.split, start, stop, a.k, [float(x) for x in a.strengths.split(",")], a.guard, a.out)

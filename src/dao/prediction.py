@@ -114,8 +114,6 @@ def refine(model: DAOGenerator, structures: Sequence[Structure], strength: float
     for st in structures:
         cell, crystal = CellComposition.of_structure(st), Crystal.from_structure(st)
         jobs += [(cell, i, crystal) for i in range(n)]
-    if not jobs:
-        return []
     return _sample_jobs(model, jobs, seed, batch_size, start=strength, num_steps=steps)
 
 

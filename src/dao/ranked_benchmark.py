@@ -33,7 +33,8 @@ from dao.runtime import resolve_device
 from dao.structure_io import atomic_write_text, write_cif
 from dao.templates import TemplateIndex
 
-
+#: the two answers scored, each in its own subfolder of the output folder
+ANSWERS = ("ranked", "naive_template")
 
 
 def _done(folder: Path, row: int) -> bool:
@@ -44,7 +45,7 @@ def _claim_settings(out: Path, settings: dict[str, Any]) -> None:
     """Record the run's settings in ``out/settings.json``; a rerun (which reuses the rows written) must
     have the same ones, else its answers would mix two benchmarks."""
     path = out / "settings.json"
-    written = [f for name in ("ranked", "naive_template") for f in (out / name / "predictions").glob("*.done")]
+    written = any(next((out / name / "predictions").glob("*.done"), None) for name in ANSWERS)
     if written and not path.is_file():
         raise DAOError(f"{out} holds ranked benchmark rows without a settings.json (an older DAO wrote it): "
                        "use a new --out folder")
@@ -99,7 +100,7 @@ def run_ranked_benchmark(split: str | Path, out: str | Path, k: int = 1, limit: 
     opts = dataclasses.replace(opts, templates=index, novel=True)
     dev = resolve_device(device)
     gen = load_generator(bundled_generator_for("default-flow" if model == "default" else model, None), dev)
-    folders = {name: out / name / "predictions" for name in ("ranked", "naive_template")}
+    folders = {name: out / name / "predictions" for name in ANSWERS}
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
     seconds = 0.0
